@@ -1,0 +1,35 @@
+"""Package metadata for xraygpt.  CI and the README install with `-c constraints.txt`."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="xraygpt",
+    version="0.1.0",
+    description="XrayGPT-style chest X-ray summarisation: frozen MedCLIP -> linear projection -> frozen Vicuna",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["xraygpt", "xraygpt.*"]),
+    package_data={"xraygpt.models": ["configs/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers[sentencepiece]>=5.0,<6",
+        "accelerate>=1.0",
+        "omegaconf>=2.3",
+        "sentencepiece>=0.2",
+        "protobuf>=4",
+        "safetensors>=0.4",
+        "webdataset>=0.2",
+        "peft>=0.13",
+        "pillow>=10",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        "demo": ["gradio>=5"],
+        "eval": ["rouge-score>=0.1.2"],
+    },
+)

@@ -1,0 +1,101 @@
+"""Shared, session-scoped fixtures: tiny local assets built once (no downloads, ever)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_OPENI = REPO.parent / "shared" / "data" / "openi-sample"
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> dict:
+    """Synthetic data (64 train / 8 val), a tiny MedCLIP-format Swin and a tiny LLaMA + tokenizer."""
+    from xraygpt.conversation import load_instructions
+    from xraygpt.data.synthetic import generate_dataset
+    from xraygpt.embedded import conversation_texts, write_tiny_encoder, write_tiny_llm
+
+    root = tmp_path_factory.mktemp("tiny_assets")
+    generate_dataset(root / "data", num_train=64, num_val=8, num_test=8, seed=3, image_size=112)
+    write_tiny_encoder(root / "encoder", seed=0)
+    captions = [a["caption"] for a in json.loads((root / "data" / "train" / "filter_cap.json").read_text())["annotations"]]
+    texts = conversation_texts(captions, load_instructions(REPO / "prompts" / "alignment.txt"), random.Random(0))
+    write_tiny_llm(root / "llm", texts, seed=0, steps=40, batch_size=16)
+    return {
+        "root": root,
+        "train": root / "data" / "train",
+        "val": root / "data" / "val",
+        "encoder": root / "encoder",
+        "swin_config": root / "encoder" / "swin_config.json",
+        "llm": root / "llm",
+        "prompts": REPO / "prompts" / "alignment.txt",
+    }
+
+
+def tiny_config(assets: dict, output_dir: Path, **run_overrides) -> dict:
+    """A small stage-1 config dict over `assets` (override run keys with keyword arguments)."""
+    run = {
+        "output_dir": str(output_dir), "init_lr": 3e-3, "max_epoch": 1, "iters_per_epoch": 4,
+        "batch_size_train": 4, "num_workers": 0, "log_freq": 1, "seed": 7, "sample_generations": 2,
+        "max_new_tokens": 12, "weight_decay": 0.0,
+        "lr_sched": {"name": "linear_warmup_cosine", "warmup_steps": 1, "warmup_lr": 1e-4, "min_lr": 1e-4},
+    }
+    run.update(run_overrides)
+    return {
+        "model": {
+            "arch": "xraygpt",
+            "encoder": {"checkpoint": str(assets["encoder"]), "swin_config": str(assets["swin_config"]), "projection_dim": 64},
+            "llm": {"path": str(assets["llm"]), "dtype": "float32"},
+            "prompt": {"max_txt_len": 64},
+        },
+        "datasets": {
+            "mimic": {
+                "root": str(assets["train"]),
+                "eval_root": str(assets["val"]),
+                "prompt_path": str(assets["prompts"]),
+                "vis_processor": {"train": {"name": "medclip_image_eval", "image_size": 112},
+                                  "eval": {"name": "medclip_image_eval", "image_size": 112}},
+            }
+        },
+        "run": run,
+    }
+
+
+def write_yaml(data: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tiny_assets):
+    """Builds a fresh tiny XrayGPT (seeded) from the shared assets."""
+    from xraygpt import builders
+    from xraygpt.config import validate
+    from omegaconf import OmegaConf
+
+    def make(seed: int = 0, **model_overrides):
+        cfg = tiny_config(tiny_assets, tiny_assets["root"] / "unused")
+        for key, value in model_overrides.items():
+            if isinstance(value, dict):
+                cfg["model"][key] = {**cfg["model"].get(key, {}), **value}
+            else:
+                cfg["model"][key] = value
+        return builders.build_model(validate(OmegaConf.create(cfg)).model, seed)
+
+    return make

@@ -1,0 +1,116 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_config, write_yaml
+from xraygpt.config import ConfigError, load_config
+
+ALL_YAMLS = sorted(list((REPO / "train_configs").glob("*.yaml")) + list((REPO / "eval_configs").glob("*.yaml")))
+
+
+def test_repo_has_configs():
+    names = {p.name for p in ALL_YAMLS}
+    assert {"stage1.yaml", "stage2.yaml", "tiny_stage1.yaml", "tiny_stage2.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_YAMLS, ids=lambda p: p.name)
+def test_every_yaml_loads_and_validates(path):
+    cfg = load_config(path)
+    assert cfg.model.arch == "xraygpt"
+    assert cfg.run.output_dir
+    # defaults from constructor signatures are filled in
+    assert "max_txt_len" in cfg.model.prompt and "init_lr" in cfg.run
+
+
+def test_stage2_initialises_from_stage1():
+    s1 = load_config(REPO / "train_configs" / "stage1.yaml")
+    s2 = load_config(REPO / "train_configs" / "stage2.yaml")
+    assert s2.model.ckpt and Path(s2.model.ckpt).parent.parent == Path(s1.run.output_dir)
+    assert "mimic" in s1.datasets and "openi" in s2.datasets
+
+
+def _write(tmp_path, cfg):
+    return write_yaml(cfg, tmp_path / "cfg.yaml")
+
+
+def test_misspelt_key_names_it_and_the_closest(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["run"]["int_lr"] = 1e-3
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, cfg))
+    assert "'run.int_lr'" in str(err.value) and "run.init_lr" in str(err.value)
+
+
+def test_misspelt_nested_key(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["model"]["encoder"]["chekpoint"] = "x"
+    with pytest.raises(ConfigError, match=r"model\.encoder\.chekpoint.*model\.encoder\.checkpoint"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_misspelt_option_override(tmp_path, tiny_assets):
+    path = _write(tmp_path, tiny_config(tiny_assets, tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"run\.max_epochs.*run\.max_epoch"):
+        load_config(path, ["run.max_epochs=3"])
+
+
+def test_option_override_applies(tmp_path, tiny_assets):
+    path = _write(tmp_path, tiny_config(tiny_assets, tmp_path / "out"))
+    cfg = load_config(path, ["run.init_lr=0.5", "model.prompt.end_sym=</s>"])
+    assert cfg.run.init_lr == 0.5 and cfg.model.prompt.end_sym == "</s>"
+
+
+def test_missing_required_key(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    del cfg["model"]["llm"]["path"]
+    with pytest.raises(ConfigError, match="missing required config key 'model.llm.path'"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_wrong_type(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["run"]["max_epoch"] = "many"
+    with pytest.raises(ConfigError, match="run.max_epoch"):
+        load_config(_write(tmp_path, cfg))
+
+
+@pytest.mark.parametrize("where,value,expect", [
+    (("model", "arch"), "xraygtp", "did you mean 'xraygpt'"),
+    (("run", "lr_sched", "name"), "cosine", "linear_warmup_cosine"),
+])
+def test_unknown_registered_names(tmp_path, tiny_assets, where, value, expect):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    node = cfg
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    with pytest.raises(ConfigError, match=expect):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_unknown_dataset_and_top_level(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["datasets"]["mimc"] = cfg["datasets"].pop("mimic")
+    with pytest.raises(ConfigError, match="did you mean 'mimic'"):
+        load_config(_write(tmp_path, cfg))
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["rnu"] = {}
+    with pytest.raises(ConfigError, match="did you mean 'run'"):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_errors_are_one_line(tmp_path, tiny_assets):
+    cfg = tiny_config(tiny_assets, tmp_path / "out")
+    cfg["datasets"]["mimic"]["vis_processor"]["train"]["imagesize"] = 3
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, cfg))
+    assert "\n" not in str(err.value) and "image_size" in str(err.value)

@@ -1,0 +1,93 @@
+"""The model: loss definition, batched generation, freezing."""
+
+import pytest
+import torch
+
+from xraygpt.data.collate import GenerationCollator, TrainCollator
+
+
+def _samples(n, image_size=112, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    instructions = [
+        "<Img><ImageHere></Img> Describe.",
+        "<Img><ImageHere></Img> Write the findings and the impression for this chest radiograph please.",
+        "<Img><ImageHere></Img> Summarise this image as a radiologist would, findings first.",
+        "<Img><ImageHere></Img> Report.",
+    ]
+    captions = ["The heart is normal.", "There is a left pleural effusion with blunting of the angle.",
+                "Cardiomegaly.", "Two nodules are seen in the right lung. No pneumothorax."]
+    return [
+        {"image_id": f"s{i}", "pixel_values": torch.randn(3, image_size, image_size, generator=g),
+         "instruction": instructions[i % 4], "caption": captions[i % 4]}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_factory):
+    m = tiny_model_factory(seed=1)
+    torch.nn.init.normal_(m.projector.proj.weight, std=0.05)
+    return m
+
+
+def test_batch_loss_is_mean_of_sample_losses(model):
+    samples = _samples(4)
+    collate = TrainCollator(model.prompt_tokenizer)
+    batch = collate(samples)
+    lengths = batch["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) > 1  # different prompt/target lengths in one batch
+    with torch.no_grad():
+        out = model(**batch)
+        singles = torch.stack([model(**collate([s]))["loss"] for s in samples])
+    assert torch.allclose(out["sample_loss"], singles, atol=1e-5)
+    assert abs(out["loss"].item() - singles.mean().item()) < 1e-5
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(model):
+    samples = _samples(4, seed=3)
+    collate = GenerationCollator(model.prompt_tokenizer)
+    model.eval()
+    batched = model.generate(**{k: collate(samples)[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=24)
+    singles = [model.generate(**{k: collate([s])[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=24)[0]
+               for s in samples]
+    model.train()
+    assert batched == singles
+    assert all(isinstance(t, str) and "###" not in t for t in batched)
+    assert any(t for t in batched)
+
+
+def test_only_projection_trains_and_frozen_parts_stay_in_eval(model):
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"projector.proj.weight", "projector.proj.bias"}
+    model.train()
+    assert model.projector.training
+    assert not model.encoder.training and not model.llm.training
+    assert all(not m.training for m in model.encoder.modules())
+    assert set(model.trainable_state_dict()) == trainable
+
+
+def test_frozen_weights_get_no_gradient(model):
+    batch = TrainCollator(model.prompt_tokenizer)(_samples(2))
+    model.zero_grad(set_to_none=True)
+    model(**batch)["loss"].backward()
+    assert model.projector.proj.weight.grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("projector"))
+    model.zero_grad(set_to_none=True)
+
+
+def test_pooled_mode_gives_one_image_token(tiny_model_factory):
+    m = tiny_model_factory(encoder={"output": "pooled"})
+    assert m.encoder.num_tokens == 1 and m.projector.proj.in_features == 64
+    batch = TrainCollator(m.prompt_tokenizer)(_samples(2))
+    assert (batch["input_ids"] == -200).sum(1).tolist() == [1, 1]
+    assert torch.isfinite(m(**batch)["loss"])
+
+
+def test_trainable_checkpoint_roundtrip_and_errors(model, tiny_model_factory):
+    other = tiny_model_factory(seed=5)
+    other.load_trainable_state_dict(model.trainable_state_dict(), "test")
+    assert torch.equal(other.projector.proj.weight, model.projector.proj.weight)
+    with pytest.raises(ValueError, match="lacks trainable weight projector.proj.bias"):
+        other.load_trainable_state_dict({"projector.proj.weight": model.projector.proj.weight}, "x")
+    with pytest.raises(ValueError, match="shape"):
+        other.load_trainable_state_dict({"projector.proj.weight": torch.zeros(2, 2), "projector.proj.bias": torch.zeros(2)}, "x")

@@ -1,0 +1,52 @@
+"""Train XrayGPT from a YAML config: `python train.py --cfg-path train_configs/stage1.yaml`.
+
+Also under torchrun: `torchrun --nproc-per-node N train.py --cfg-path ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from xraygpt import builders  # noqa: E402
+from xraygpt.config import load_config  # noqa: E402
+from xraygpt.training import distributed  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg-path", required=True, help="training YAML (train_configs/*.yaml)")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. run.init_lr=3e-4 model.llm.path=weights/vicuna")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for configuration errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    distributed.setup_logging(int(os.environ.get("RANK", "0")))
+    try:
+        cfg = load_config(args.cfg_path, args.options)
+        dist = builders.build_distributed(cfg)
+        model = builders.build_model(cfg.model, cfg.run.seed)
+        train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train")
+        eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval")
+        runner = builders.build_runner(cfg, model, train_set, eval_set, dist)
+        runner.train()
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

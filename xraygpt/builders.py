@@ -1,0 +1,102 @@
+"""Builders: the only code that reads the validated config and the registry.
+
+They turn config sections into objects through plain constructors with typed arguments:
+`build_model`, `build_datasets`, `build_task`, `build_runner`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from xraygpt import components, registry
+from xraygpt.data.datasets import MixedDataset
+
+logger = logging.getLogger(__name__)
+
+
+def _kwargs(section: Any, drop: tuple[str, ...] = ()) -> dict:
+    data = OmegaConf.to_container(section) if isinstance(section, DictConfig) else dict(section)
+    return {k: v for k, v in data.items() if k not in drop}
+
+
+def build_processor(section: Any):
+    """A registered processor from {name, ...kwargs}."""
+    kwargs = _kwargs(section)
+    return registry.get("processor", kwargs.pop("name"))(**kwargs)
+
+
+def build_model(model_cfg: Any, seed: int = 0):
+    """The registered model: builds each CONFIG_SECTIONS entry, then the model, then loads `ckpt`.
+
+    `seed` seeds torch first, so the trainable weights start identically in every run.
+    """
+    components.register_all()
+    torch.manual_seed(seed)
+    kwargs = _kwargs(model_cfg)
+    cls = registry.get("model", kwargs.pop("arch"))
+    ckpt = kwargs.pop("ckpt", None)
+    sections = getattr(cls, "CONFIG_SECTIONS", {})
+    built = {name: sections[name](**kwargs.pop(name)) for name in sections}
+    encoder = built["encoder"]
+    llm, tokenizer = built["llm"]
+    model = cls(encoder=encoder, llm=llm, tokenizer=tokenizer, prompt_format=built["prompt"], **kwargs)
+    if ckpt:
+        from xraygpt.training.checkpoint import read_checkpoint
+
+        model.load_trainable_state_dict(read_checkpoint(ckpt)["model"], ckpt)
+        logger.info("initialised trainable weights from %s", ckpt)
+    return model
+
+
+def build_datasets(datasets_cfg: Any, seed: int, split: str = "train") -> MixedDataset | None:
+    """All configured datasets for `split` ("train": each `root`; "eval": each `eval_root`).
+
+    Returns None for "eval" when no dataset has an `eval_root`.
+    """
+    components.register_all()
+    built = []
+    for name, section in _kwargs(datasets_cfg).items():
+        kwargs = dict(section)
+        vis = build_processor(kwargs.pop("vis_processor")[split])
+        text = build_processor(kwargs.pop("text_processor")[split])
+        eval_root = kwargs.pop("eval_root", None)
+        if split == "eval":
+            if not eval_root:
+                continue
+            kwargs["root"] = eval_root
+        built.append(registry.get("dataset", name)(vis_processor=vis, text_processor=text, **kwargs))
+    if not built:
+        return None
+    return MixedDataset(built, seed)
+
+
+def build_lr_schedule(section: Any):
+    """A registered LR schedule from {name, ...kwargs}."""
+    kwargs = _kwargs(section)
+    return registry.get("lr_schedule", kwargs.pop("name"))(**kwargs)
+
+
+def build_runner(cfg: DictConfig, model, train_set, eval_set, dist):
+    """The registered runner named by run.runner, with the run section's arguments."""
+    components.register_all()
+    run = _kwargs(cfg.run)
+    run.pop("device")
+    run.pop("dist_backend")
+    cls = registry.get("runner", run.pop("runner"))
+    task = registry.get("task", run.pop("task"))()
+    schedule = build_lr_schedule(run.pop("lr_sched"))
+    return cls(
+        model=model, datasets=(train_set, eval_set), task=task, lr_schedule=schedule,
+        config=OmegaConf.to_yaml(cfg), dist=dist, **run,
+    )
+
+
+def build_distributed(cfg: DictConfig):
+    """Join torchrun's process group (if any) on run.device with run.dist_backend."""
+    from xraygpt.training.distributed import init_distributed
+
+    return init_distributed(cfg.run.device, cfg.run.dist_backend)

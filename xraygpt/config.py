@@ -1,0 +1,221 @@
+"""Configuration: defaults from constructor signatures + the user's YAML + `--options key=value`.
+
+Each default is defined once, in the signature of the constructor or builder that uses it; the
+schema of each config section is derived from that signature (`signature_schema`).  Sections:
+
+    model:    arch (a registered model) + the model constructor's arguments, plus one
+              sub-section per entry of the model's CONFIG_SECTIONS (encoder, llm, prompt),
+              plus `ckpt` (trainable weights to start from, e.g. stage 1 for stage 2).
+    datasets: {name: builder arguments + vis_processor/text_processor: {train|eval: {name, ...}}}
+    run:      task, runner, lr_sched: {name, ...} + the runner's arguments.
+
+`load_config` merges and validates; any unknown key, missing required key or wrong type exits
+through `ConfigError` with a one-line message naming the key (and the closest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from xraygpt import components, registry
+
+# Constructor arguments that builders pass as objects, never read from config.
+INJECTED = {
+    "encoder", "llm", "tokenizer", "prompt_format", "vis_processor", "text_processor",
+    "model", "datasets", "task", "lr_schedule", "config", "prompt_tokenizer", "self", "dist",
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, described in one line naming the key."""
+
+
+def _normalise_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _normalise_type(args[0]) if len(args) == 1 else Any
+        return Optional[inner] if type(None) in typing.get_args(tp) else inner
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return list[_normalise_type(args[0])] if args else list
+    if origin is dict:
+        return dict
+    if tp in (str, int, float, bool, Any):
+        return tp
+    return Any
+
+
+def signature_schema(fn: Callable, name: str, extra: dict[str, tuple[Any, Any]] | None = None) -> type:
+    """A dataclass whose fields are `fn`'s config arguments (typed, with `fn`'s defaults).
+
+    Arguments in INJECTED are skipped; `extra` adds fields as {name: (type, default)}.
+    """
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints = typing.get_type_hints(target)
+    fields = []
+    for pname, param in inspect.signature(target).parameters.items():
+        if pname in INJECTED or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        tp = _normalise_type(hints.get(pname, Any))
+        default = MISSING if param.default is inspect.Parameter.empty else param.default
+        if isinstance(default, (list, dict)):
+            fields.append((pname, tp, dataclasses.field(default_factory=lambda d=default: type(d)(d))))
+        else:
+            fields.append((pname, tp, dataclasses.field(default=default)))
+    for fname, (tp, default) in (extra or {}).items():
+        fields.append((fname, tp, dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def _fail(exc: Exception, prefix: str, node: Any) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or ""
+    full = f"{prefix}.{key}" if prefix and key else (prefix or str(key))
+    if isinstance(exc, ConfigKeyError):
+        bad = str(key).split(".")[-1]
+        valid = list(node.keys()) if isinstance(node, DictConfig) else []
+        hint = registry.closest(bad, valid)
+        parent = full.rsplit(".", 1)[0] + "." if "." in full else ""
+        hint_text = f" (did you mean '{parent}{hint}'?)" if hint else f" (valid keys: {', '.join(valid)})"
+        return ConfigError(f"unknown config key {full!r}{hint_text}")
+    if isinstance(exc, MissingMandatoryValue):
+        return ConfigError(f"missing required config key {full!r}")
+    msg = str(exc).splitlines()[0]
+    return ConfigError(f"bad value for config key {full!r}: {msg}")
+
+
+def _validate(node: Any, schema: type, path: str) -> DictConfig:
+    """Merge `node` (dict-like) over `schema`'s defaults, checking keys, types and required keys."""
+    base = OmegaConf.structured(schema)
+    if node is None:
+        node = {}
+    if not isinstance(node, (dict, DictConfig)):
+        raise ConfigError(f"config key {path!r} must be a mapping, got {type(node).__name__}")
+    try:
+        merged = OmegaConf.merge(base, node)
+        OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise _fail(exc, path, base) from None
+    return merged
+
+
+def _named(node: Any, kind: str, path: str, extra: dict | None = None) -> DictConfig:
+    """Validate a `{name: <registered kind>, ...kwargs}` section against that entry's signature."""
+    if not isinstance(node, (dict, DictConfig)) or "name" not in node:
+        raise ConfigError(f"missing required config key '{path}.name' (one of: {', '.join(registry.names(kind))})")
+    try:
+        entry = registry.get(kind, node["name"])
+    except registry.RegistryError as exc:
+        raise ConfigError(f"{path}.name: {exc}") from None
+    schema = signature_schema(entry, f"{kind}_{node['name']}", {"name": (str, MISSING), **(extra or {})})
+    return _validate(node, schema, path)
+
+
+def _split(node: DictConfig | dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    rest = {k: v for k, v in node.items() if k not in keys}
+    picked = {k: node[k] for k in keys if k in node}
+    return picked, rest
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check a merged config (see module docstring); returns it with every default filled in."""
+    components.register_all()
+    for top in cfg.keys():
+        if top not in ("model", "datasets", "run"):
+            hint = registry.closest(str(top), ["model", "datasets", "run"])
+            raise ConfigError(f"unknown config key {top!r}" + (f" (did you mean {hint!r})" if hint else ""))
+    out: dict[str, Any] = {}
+
+    model = cfg.get("model")
+    if model is None or "arch" not in model:
+        raise ConfigError(f"missing required config key 'model.arch' (one of: {', '.join(registry.names('model'))})")
+    try:
+        model_cls = registry.get("model", model.arch)
+    except registry.RegistryError as exc:
+        raise ConfigError(f"model.arch: {exc}") from None
+    sections = getattr(model_cls, "CONFIG_SECTIONS", {})
+    picked, rest = _split(model, tuple(sections))
+    top_schema = signature_schema(model_cls, "model", {"arch": (str, MISSING), "ckpt": (Optional[str], None)})
+    out_model = OmegaConf.to_container(_validate(rest, top_schema, "model"))
+    for sec, fn in sections.items():
+        out_model[sec] = OmegaConf.to_container(_validate(picked.get(sec), signature_schema(fn, sec), f"model.{sec}"))
+    out["model"] = out_model
+
+    datasets = cfg.get("datasets")
+    if not datasets:
+        raise ConfigError("missing required config key 'datasets' (e.g. datasets.mimic.root)")
+    out["datasets"] = {}
+    for ds_name, ds_node in datasets.items():
+        path = f"datasets.{ds_name}"
+        try:
+            builder = registry.get("dataset", ds_name)
+        except registry.RegistryError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        ds_node = ds_node or {}
+        picked, rest = _split(ds_node, ("vis_processor", "text_processor"))
+        ds_schema = signature_schema(builder, f"dataset_{ds_name}", {"eval_root": (Optional[str], None)})
+        ds_out = OmegaConf.to_container(_validate(rest, ds_schema, path))
+        procs = {
+            "vis_processor": {"train": {"name": "medclip_image_train"}, "eval": {"name": "medclip_image_eval"}},
+            "text_processor": {"train": {"name": "caption"}, "eval": {"name": "caption"}},
+        }
+        for pkey, default in procs.items():
+            given = picked.get(pkey) or {}
+            for split in given:
+                if split not in ("train", "eval"):
+                    raise ConfigError(f"unknown config key '{path}.{pkey}.{split}' (expected train or eval)")
+            ds_out[pkey] = {
+                split: OmegaConf.to_container(_named(given.get(split, default[split]), "processor", f"{path}.{pkey}.{split}"))
+                for split in ("train", "eval")
+            }
+        out["datasets"][ds_name] = ds_out
+
+    run = cfg.get("run")
+    if run is None:
+        raise ConfigError("missing required config key 'run' (run.output_dir at least)")
+    runner_name = run.get("runner", "runner_iter")
+    task_name = run.get("task", "image_text_pretrain")
+    try:
+        runner_cls = registry.get("runner", runner_name)
+        registry.get("task", task_name)  # tasks take no config arguments; validated by name
+    except registry.RegistryError as exc:
+        raise ConfigError(f"run: {exc}") from None
+    picked, rest = _split(run, ("lr_sched",))
+    run_schema = signature_schema(runner_cls, "run", {
+        "runner": (str, runner_name), "task": (str, task_name),
+        "device": (str, "auto"), "dist_backend": (str, "auto"),
+    })
+    out_run = OmegaConf.to_container(_validate(rest, run_schema, "run"))
+    out_run["lr_sched"] = OmegaConf.to_container(
+        _named(picked.get("lr_sched", {"name": "linear_warmup_cosine"}), "lr_schedule", "run.lr_sched")
+    )
+    out["run"] = out_run
+    return OmegaConf.create(out)
+
+
+def load_config(cfg_path: str | Path, options: list[str] | None = None) -> DictConfig:
+    """Load a YAML file, apply `key=value` overrides, validate (see module docstring)."""
+    path = Path(cfg_path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        user = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if options:
+        bad = [o for o in options if "=" not in o]
+        if bad:
+            raise ConfigError(f"--options expects key=value pairs, got {bad[0]!r}")
+        try:
+            user = OmegaConf.merge(user, OmegaConf.from_dotlist(list(options)))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad --options: {str(exc).splitlines()[0]}") from None
+    return validate(user)

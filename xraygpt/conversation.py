@@ -1,0 +1,125 @@
+"""The paper's prompt template and its tokenization, shared by training, generation and chat.
+
+A training example reads (spaces as written):
+
+    {system}###Doctor: <Img><ImageHere></Img> {instruction} ###Assistant: {summary}###
+
+Tokens are `[BOS] + tok(text before <ImageHere>) + [IMAGE_TOKEN_ID] * N + tok(text after)`
+for the prompt, then `tok(summary + end_sym)` truncated to `max_txt_len` for the target.  The
+loss covers only the target tokens.  Generation encodes the prompt with the same function, so
+the model sees identical token boundaries in training and at inference.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xraygpt.constants import (
+    DEFAULT_END_SYM,
+    DEFAULT_PROMPT_TEMPLATE,
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    IMAGE_TOKEN_ID,
+)
+
+
+class PromptFileError(ValueError):
+    """An instruction file that is missing, empty or has a line without `<ImageHere>`."""
+
+
+def load_instructions(path: str | os.PathLike) -> list[str]:
+    """Instructions from a text file, one per line, each containing `<ImageHere>` exactly once.
+
+    Blank lines and lines starting with `#` are skipped.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise PromptFileError(f"instruction file {file} does not exist")
+    instructions = []
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.count(IMAGE_PLACEHOLDER) != 1:
+            raise PromptFileError(f"{file}:{lineno}: an instruction must contain {IMAGE_PLACEHOLDER} exactly once")
+        instructions.append(line)
+    if not instructions:
+        raise PromptFileError(f"instruction file {file} holds no instructions")
+    return instructions
+
+
+class PromptFormat:
+    """The conversation template.
+
+    Args:
+        template: one `{}` receiving the instruction (which holds `<ImageHere>`).
+        system: text placed before the first turn (may be empty).
+        end_sym: the string that ends an answer; generation stops at it.
+        max_txt_len: maximum target (summary + end_sym) length in tokens.
+    """
+
+    def __init__(
+        self,
+        template: str = DEFAULT_PROMPT_TEMPLATE,
+        system: str = "",
+        end_sym: str = DEFAULT_END_SYM,
+        max_txt_len: int = 160,
+    ):
+        if template.count("{}") != 1:
+            raise ValueError(f"prompt template must contain '{{}}' exactly once, got {template!r}")
+        if not end_sym:
+            raise ValueError("end_sym must not be empty")
+        if max_txt_len < 1:
+            raise ValueError(f"max_txt_len must be >= 1, got {max_txt_len}")
+        self.template = template
+        self.system = system
+        self.end_sym = end_sym
+        self.max_txt_len = max_txt_len
+
+    def render(self, instruction: str) -> str:
+        """The prompt text for one instruction (which carries `<ImageHere>`)."""
+        return self.system + self.template.format(instruction)
+
+
+class PromptTokenizer:
+    """Binds a `PromptFormat` to a tokenizer and the number of image tokens per image."""
+
+    def __init__(self, tokenizer, prompt_format: PromptFormat, num_image_tokens: int):
+        self.tokenizer = tokenizer
+        self.format = prompt_format
+        self.num_image_tokens = num_image_tokens
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the tokenizer has no BOS token")
+
+    def _tok(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def encode_prompt(self, instruction: str) -> list[int]:
+        """Prompt ids: BOS, text before the image, N image sentinels, text after."""
+        text = self.format.render(instruction)
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"the prompt must contain {IMAGE_PLACEHOLDER} exactly once: {text!r}")
+        before, after = text.split(IMAGE_PLACEHOLDER)
+        return (
+            [self.tokenizer.bos_token_id]
+            + self._tok(before)
+            + [IMAGE_TOKEN_ID] * self.num_image_tokens
+            + self._tok(after)
+        )
+
+    def encode_target(self, summary: str) -> list[int]:
+        """Target ids: the summary followed by the end symbol, at most `max_txt_len` tokens."""
+        return self._tok(summary + self.format.end_sym)[: self.format.max_txt_len]
+
+    def encode_example(self, instruction: str, summary: str) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for one training example; labels mask the prompt with IGNORE_INDEX."""
+        prompt = self.encode_prompt(instruction)
+        target = self.encode_target(summary)
+        return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+
+    def decode_answer(self, token_ids: list[int]) -> str:
+        """Generated ids -> clean text: special tokens dropped, cut at the end symbol, stripped."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text = text.split(self.format.end_sym)[0]
+        return text.replace("Assistant:", "").strip()

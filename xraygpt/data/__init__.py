@@ -1,0 +1,1 @@
+"""Data: preprocessing, datasets in XrayGPT layout, sampling, collation, synthetic data."""

@@ -1,0 +1,73 @@
+"""Batching: prompt + summary tokenization with label masking, and padding.
+
+Training batches are right-padded; generation batches are left-padded so every row's next
+token sits at the same position.  Both tokenize through `PromptTokenizer`, the one place that
+knows the template and where the image sentinels go.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xraygpt.constants import IGNORE_INDEX
+from xraygpt.conversation import PromptTokenizer
+
+
+def pad_sequences(seqs: list[list[int]], pad_value: int, side: str = "right") -> torch.Tensor:
+    """(B, max_len) long tensor from B lists, padded on `side` ("right" or "left")."""
+    if side not in ("right", "left"):
+        raise ValueError(f"padding side must be right or left, got {side!r}")
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        elif s:
+            out[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+class TrainCollator:
+    """Samples {pixel_values, instruction, caption, image_id} -> a training batch.
+
+    Batch: pixel_values (B, 3, H, W), input_ids / attention_mask / labels (B, L) right-padded,
+    image_ids (list of B str).
+    """
+
+    def __init__(self, prompt_tokenizer: PromptTokenizer):
+        self.prompt_tokenizer = prompt_tokenizer
+        self.pad_id = prompt_tokenizer.tokenizer.pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids, labels = zip(*(self.prompt_tokenizer.encode_example(s["instruction"], s["caption"]) for s in samples))
+        input_ids = pad_sequences(list(ids), self.pad_id, "right")
+        return {
+            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "input_ids": input_ids,
+            "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0, "right"),
+            "labels": pad_sequences(list(labels), IGNORE_INDEX, "right"),
+            "image_ids": [s["image_id"] for s in samples],
+        }
+
+
+class GenerationCollator:
+    """Samples -> a left-padded prompt batch for `XrayGPT.generate`, references kept.
+
+    Batch: pixel_values (B, 3, H, W), input_ids / attention_mask (B, L) left-padded,
+    image_ids, instructions and references (lists of B str).
+    """
+
+    def __init__(self, prompt_tokenizer: PromptTokenizer):
+        self.prompt_tokenizer = prompt_tokenizer
+        self.pad_id = prompt_tokenizer.tokenizer.pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = [self.prompt_tokenizer.encode_prompt(s["instruction"]) for s in samples]
+        return {
+            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "input_ids": pad_sequences(ids, self.pad_id, "left"),
+            "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0, "left"),
+            "image_ids": [s["image_id"] for s in samples],
+            "instructions": [s["instruction"] for s in samples],
+            "references": [s.get("caption", "") for s in samples],
+        }

@@ -1,0 +1,1 @@
+"""Model components: MedCLIP vision encoder, projector, LLM loading, splicing, the XrayGPT model."""

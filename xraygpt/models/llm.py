@@ -1,0 +1,87 @@
+"""Loading the frozen LLaMA/Vicuna LLM and its tokenizer from a local Hugging Face folder.
+
+Never touches a model hub (`local_files_only=True`).  Pitfalls handled here, measured with
+transformers 5.23: `LlamaTokenizer(vocab_file=...)` silently builds a 3-token vocabulary, so the
+tokenizer always comes from `from_pretrained(folder)`; the tokenizer may have no pad token (we
+set one for batching; positions are masked out anyway); `dtype=` replaces `torch_dtype=`.
+BOS is added explicitly by `xraygpt.conversation`, not by tokenizer flags.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
+class LLMLoadError(ValueError):
+    """A missing or malformed LLM/tokenizer folder."""
+
+
+def resolve_dtype(dtype: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """`auto` -> bf16 on a CUDA device that supports it, else fp32; or one of DTYPES by name."""
+    if dtype == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"llm dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local folder holding `tokenizer.model` (SentencePiece) or `tokenizer.json`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise LLMLoadError(f"LLM folder {folder} does not exist")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise LLMLoadError(f"tokenizer folder {folder} has no tokenizer.model (nor tokenizer.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise LLMLoadError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    if len(tokenizer) < 16:
+        raise LLMLoadError(f"tokenizer in {folder} has only {len(tokenizer)} tokens (a broken tokenizer.model?)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a local Hugging Face folder (config + weights + tokenizer).
+
+    Args:
+        path: folder with `config.json`, weights (safetensors or bin) and tokenizer files.
+        dtype: `auto` (bf16 on a capable GPU, fp32 on CPU), `float32`, `bfloat16` or `float16`.
+        attn_implementation: passed to transformers (`sdpa`, `eager`, `flash_attention_2`).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise LLMLoadError(f"LLM folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise LLMLoadError(f"LLM folder {folder} has no config.json")
+    tokenizer = load_tokenizer(folder)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
+        )
+    except Exception as exc:
+        raise LLMLoadError(f"cannot load the LLM in {folder}: {str(exc).splitlines()[0]}") from exc
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        raise LLMLoadError(
+            f"LLM in {folder} has {model.get_input_embeddings().num_embeddings} embeddings but its "
+            f"tokenizer has {len(tokenizer)} tokens"
+        )
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("LLM loaded from %s: %.1fM parameters, %s", folder, n_params / 1e6, torch_dtype)
+    return model, tokenizer

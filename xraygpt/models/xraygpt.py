@@ -1,0 +1,208 @@
+"""The registered `xraygpt` model: frozen MedCLIP encoder -> trainable linear projection -> frozen LLM.
+
+Shapes: pixel_values (B, 3, H, W) -> encoder tokens (B, N, Dv) -> projection (B, N, Dl) ->
+spliced into the (B, L, Dl) prompt embeddings at the N image-sentinel positions -> LLM.
+
+The loss is the mean over samples of each sample's mean token cross-entropy over its target
+tokens (summary + end symbol), so a batch's loss equals the mean of its samples' losses whatever
+their lengths, and gradient accumulation and data-parallel averaging weight samples equally.
+Logits are computed only at target positions (the LM head over the full sequence would cost
+B*L*V floats for nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xraygpt.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.models.llm import load_llm
+from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
+from xraygpt.models.multimodal import embed_with_images
+from xraygpt.models.projector import LinearProjector
+from xraygpt.registry import register
+
+logger = logging.getLogger(__name__)
+
+
+def freeze(module: nn.Module) -> int:
+    """Set requires_grad=False on every parameter; returns how many parameters were frozen."""
+    count = 0
+    for p in module.parameters():
+        p.requires_grad_(False)
+        count += p.numel()
+    return count
+
+
+@register("model", "xraygpt")
+class XrayGPT(nn.Module):
+    """Frozen MedCLIP vision encoder + trainable linear projection + frozen causal LLM.
+
+    Args:
+        encoder: the MedCLIP vision encoder (output (B, N, Dv)).
+        llm: a Hugging Face causal LM (hidden size Dl).
+        tokenizer: the LLM's tokenizer.
+        prompt_format: the conversation template.
+        freeze_encoder: keep the encoder frozen and in eval mode (the recipe: True).
+        freeze_llm: keep the LLM frozen and in eval mode (the recipe: True).
+        projector_bias: whether the projection has a bias.
+    """
+
+    # Config sections built by `xraygpt.builders` and passed in as objects: section -> builder.
+    CONFIG_SECTIONS = {"encoder": load_medclip_vision_encoder, "llm": load_llm, "prompt": PromptFormat}
+
+    def __init__(
+        self,
+        encoder: MedCLIPVisionEncoder,
+        llm: nn.Module,
+        tokenizer,
+        prompt_format: PromptFormat,
+        freeze_encoder: bool = True,
+        freeze_llm: bool = True,
+        projector_bias: bool = True,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.llm = llm
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.projector = LinearProjector(encoder.output_dim, hidden, bias=projector_bias)
+        self.projector.to(torch.float32)
+        self.tokenizer = tokenizer
+        self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, encoder.num_tokens)
+        self.frozen_modules: tuple[str, ...] = tuple(
+            name for name, flag in (("encoder", freeze_encoder), ("llm", freeze_llm)) if flag
+        )
+        for name in self.frozen_modules:
+            n = freeze(getattr(self, name))
+            logger.info("frozen: %s (%.2fM parameters, locked in eval mode)", name, n / 1e6)
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        logger.info("trainable parameters: %d", n_train)
+        self.train()
+
+    # ------------------------------------------------------------------ modes and state
+    def train(self, mode: bool = True) -> "XrayGPT":
+        """Like nn.Module.train, but frozen modules stay in eval mode whatever `mode` is."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            getattr(self, name).eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the parameters that train (the projection in stages 1-2): megabytes, not gigabytes."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load weights written by `trainable_state_dict`; every trainable weight must be present."""
+        own = self.state_dict()
+        unknown = [k for k in state if k not in own]
+        if unknown:
+            raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}")
+        wanted = set(self.trainable_state_dict())
+        missing = sorted(wanted - set(state))
+        if missing:
+            raise ValueError(f"checkpoint {source} lacks trainable weight {missing[0]}")
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise ValueError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.proj.weight.device
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    # ------------------------------------------------------------------ the model
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, Dl) projected image tokens in the LLM's dtype."""
+        enc_dtype = next(self.encoder.parameters()).dtype
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen_modules):
+            feats = self.encoder(pixel_values.to(self.device, enc_dtype))
+        return self.projector(feats).to(self.llm_dtype)
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids with image sentinels + images -> (B, L, Dl) input embeddings."""
+        return embed_with_images(
+            self.llm.get_input_embeddings(),
+            input_ids,
+            self.encode_images(pixel_values),
+            IMAGE_TOKEN_ID,
+            fill_id=self.tokenizer.pad_token_id,
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        **_: object,
+    ) -> dict[str, torch.Tensor]:
+        """Loss over target tokens.
+
+        Args:
+            pixel_values: (B, 3, H, W); input_ids, attention_mask, labels: (B, L), right-padded,
+            labels = IGNORE_INDEX outside the target.
+        Returns:
+            dict with `loss` (scalar, mean of per-sample losses), `sample_loss` (B,) and
+            `num_target_tokens` (scalar, int).
+        """
+        embeds = self.embed_inputs(input_ids, pixel_values)
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        # Position t predicts token t+1.
+        targets = labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        h = hidden[:, :-1][selected]  # (T, Dl): only positions that predict a target token
+        logits = self.llm.get_output_embeddings()(h).float()
+        token_loss = F.cross_entropy(logits, targets[selected], reduction="none")
+        rows = selected.nonzero()[:, 0]
+        counts = selected.sum(dim=1)
+        if bool((counts == 0).any()):
+            raise ValueError("a sample in the batch has no target tokens (empty summary?)")
+        sample_loss = torch.zeros(labels.shape[0], device=token_loss.device).index_add(0, rows, token_loss) / counts
+        return {"loss": sample_loss.mean(), "sample_loss": sample_loss.detach(), "num_target_tokens": counts.sum()}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int = 160,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> list[str]:
+        """Batched generation from left-padded prompts; returns one clean summary per image.
+
+        Args:
+            pixel_values: (B, 3, H, W); input_ids, attention_mask: (B, L), LEFT-padded prompts
+            from `PromptTokenizer.encode_prompt`.
+        Each row stops at the end symbol (or EOS / max_new_tokens) independently.
+        """
+        embeds = self.embed_inputs(input_ids.to(self.device), pixel_values)
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None,
+            top_k=None,
+            repetition_penalty=repetition_penalty,
+            stop_strings=[self.prompt_tokenizer.format.end_sym],
+            tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [self.prompt_tokenizer.decode_answer(row.tolist()) for row in out]

@@ -1,0 +1,1 @@
+"""Training: runner, tasks, LR schedules, checkpoints, distributed set-up, metric logging."""
