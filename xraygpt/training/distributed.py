@@ -51,12 +51,14 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
 
 def setup_logging(rank: int, level: int = logging.INFO) -> None:
     """Log at `level` on rank 0 and only warnings elsewhere, with one concise format."""
-    logging.basicConfig(
-        level=level if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
+    root = logging.getLogger()
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    ours = [h for h in root.handlers if getattr(h, "_xraygpt", False)]
+    handler = ours[0] if ours else logging.StreamHandler()
+    handler._xraygpt = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    if not ours:
+        root.addHandler(handler)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
