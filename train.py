@@ -13,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from xraygpt import builders  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 from xraygpt.training import distributed  # noqa: E402
@@ -23,6 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cfg-path", required=True, help="training YAML (train_configs/*.yaml)")
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. run.init_lr=3e-4 model.llm.path=weights/vicuna")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config (all defaults filled in) and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for configuration errors")
     return parser.parse_args(argv)
 
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     distributed.setup_logging(int(os.environ.get("RANK", "0")))
     try:
         cfg = load_config(args.cfg_path, args.options)
+        if args.print_config:
+            sys.stdout.write(OmegaConf.to_yaml(cfg))
+            return 0
         dist = builders.build_distributed(cfg)
         model = builders.build_model(cfg.model, cfg.run.seed)
         train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train")

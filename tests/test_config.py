@@ -114,3 +114,26 @@ def test_errors_are_one_line(tmp_path, tiny_assets):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, cfg))
     assert "\n" not in str(err.value) and "image_size" in str(err.value)
+
+
+def test_readme_documents_every_config_key():
+    readme = (REPO / "README.md").read_text()
+    cfg = load_config(REPO / "train_configs" / "tiny_stage1.yaml")
+    missing = []
+
+    def walk(node, path):
+        for key, value in node.items():
+            if hasattr(value, "items") and key not in ("vis_processor", "text_processor", "lr_sched"):
+                walk(value, f"{path}.{key}" if path else key)
+            elif key not in readme:
+                missing.append(f"{path}.{key}")
+
+    walk(cfg.model, "model")
+    walk(cfg.run, "run")
+    ds = cfg.datasets.mimic
+    walk({k: v for k, v in ds.items() if k not in ("vis_processor", "text_processor")}, "datasets.mimic")
+    for proc in ("vis_processor", "text_processor"):
+        for split in ("train", "eval"):
+            walk(ds[proc][split], f"datasets.mimic.{proc}.{split}")
+    walk(cfg.run.lr_sched, "run.lr_sched")
+    assert not missing, f"README.md does not document: {missing}"
