@@ -10,7 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(cat setup.py constraints.txt | sha1sum | cut -c1-12)-${extras}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade "pip>=23"
   .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
   touch "$stamp"
