@@ -78,11 +78,23 @@ def test_missing_stage1_checkpoint(tiny_assets, tmp_path, capsys):
     _assert_fails_cleanly(*_main(cfg, tmp_path, capsys), "stage1/checkpoint_last.pt", tmp_path / "out")
 
 
-def test_undecodable_image_is_skipped_not_fatal(tiny_assets, tmp_path, capsys, caplog):
+def test_unreadable_image_found_at_start_up(tiny_assets, tmp_path, capsys, caplog):
     root = tmp_path / "data"
     shutil.copytree(tiny_assets["train"], root)
     victim = sorted((root / "image").iterdir())[0]
     victim.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not an image")
+    cfg = tiny_config(tiny_assets, tmp_path / "out", iters_per_epoch=2, sample_generations=0)
+    cfg["datasets"]["mimic"]["root"] = str(root)
+    code, err = _main(cfg, tmp_path, capsys)
+    assert code == 0, err
+    assert f"(image unreadable), first: {victim.stem}" in caplog.text
+
+
+def test_image_that_fails_mid_training_is_skipped_not_fatal(tiny_assets, tmp_path, capsys, caplog):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_assets["train"], root)
+    victim = sorted((root / "image").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # valid header, truncated pixel data
     cfg = tiny_config(tiny_assets, tmp_path / "out", iters_per_epoch=16, batch_size_train=4, sample_generations=0)
     cfg["datasets"]["mimic"]["root"] = str(root)
     code, err = _main(cfg, tmp_path, capsys)

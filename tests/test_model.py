@@ -91,3 +91,18 @@ def test_trainable_checkpoint_roundtrip_and_errors(model, tiny_model_factory):
         other.load_trainable_state_dict({"projector.proj.weight": model.projector.proj.weight}, "x")
     with pytest.raises(ValueError, match="shape"):
         other.load_trainable_state_dict({"projector.proj.weight": torch.zeros(2, 2), "projector.proj.bias": torch.zeros(2)}, "x")
+
+
+def test_beam_search_and_sampling_run_batched(model):
+    samples = _samples(3, seed=4)
+    batch = GenerationCollator(model.prompt_tokenizer)(samples)
+    inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+    model.eval()
+    beams = model.generate(**inputs, max_new_tokens=16, num_beams=3)
+    torch.manual_seed(0)
+    sampled_a = model.generate(**inputs, max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95)
+    torch.manual_seed(0)
+    sampled_b = model.generate(**inputs, max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95)
+    model.train()
+    assert len(beams) == 3 and all(isinstance(t, str) for t in beams)
+    assert sampled_a == sampled_b and len(sampled_a) == 3

@@ -6,8 +6,9 @@ Layout of a dataset root (XrayGPT's):
     <root>/image/<image_id>.{jpg,png,...}
 
 At construction the annotation file is validated and the image folder is listed once:
-annotations without an image, with a missing id or an empty caption are counted, logged once
-with the first ids, and dropped; zero usable samples is an error.  An image that fails to
+annotations without an image, with a missing id or an empty caption, or (with
+`verify_images`) whose file PIL cannot identify from its header, are counted, logged once
+per reason with the first ids, and dropped; zero usable samples is an error.  An image that fails to
 decode during training is logged with its path and replaced by the next sample, so an epoch
 never crashes hours in.  Random choices (instruction, augmentation) come from a per-draw RNG
 seeded by (seed, key), which makes data order and content reproducible across workers and
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -126,6 +128,15 @@ class CaptionDataset(torch.utils.data.Dataset):
         return self.get(index, random.Random(index))
 
 
+def readable_header(path: Path) -> bool:
+    """True when PIL recognises the file as an image (reads the header only, not the pixels)."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
 def build_caption_dataset(
     name: str,
     root: str,
@@ -133,6 +144,7 @@ def build_caption_dataset(
     image_dir: str,
     prompt_path: str,
     max_samples: int,
+    verify_images: bool,
     vis_processor: Callable,
     text_processor: Callable[[str], str],
 ) -> CaptionDataset:
@@ -144,7 +156,7 @@ def build_caption_dataset(
     images = list_images(root_path / image_dir)
     instructions = load_instructions(prompt_path)
     samples: list[tuple[str, Path, str]] = []
-    dropped: dict[str, list[str]] = {"malformed entry": [], "empty caption": [], "image missing": []}
+    dropped: dict[str, list[str]] = {"malformed entry": [], "empty caption": [], "image missing": [], "image unreadable": []}
     for n, ann in enumerate(annotations):
         if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (str, int)) or not isinstance(ann.get("caption"), str):
             dropped["malformed entry"].append(f"#{n}")
@@ -156,6 +168,11 @@ def build_caption_dataset(
             dropped["image missing"].append(image_id)
         else:
             samples.append((image_id, root_path / image_dir / images[image_id], ann["caption"]))
+    if verify_images and samples:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O-bound
+            readable = list(pool.map(readable_header, [s[1] for s in samples]))
+        dropped["image unreadable"] = [s[0] for s, ok in zip(samples, readable) if not ok]
+        samples = [s for s, ok in zip(samples, readable) if ok]
     for reason, ids in dropped.items():
         if ids:
             logger.warning("%s: skipped %d of %d annotations (%s), first: %s", name, len(ids),
@@ -177,9 +194,11 @@ def build_mimic(
     image_dir: str = "image",
     prompt_path: str = "prompts/alignment.txt",
     max_samples: int = 0,
+    verify_images: bool = True,
 ) -> CaptionDataset:
     """MIMIC-CXR image-summary pairs in XrayGPT's layout (stage 1)."""
-    return build_caption_dataset("mimic", root, ann_file, image_dir, prompt_path, max_samples, vis_processor, text_processor)
+    return build_caption_dataset("mimic", root, ann_file, image_dir, prompt_path, max_samples, verify_images,
+                                 vis_processor, text_processor)
 
 
 @register("dataset", "openi")
@@ -191,9 +210,11 @@ def build_openi(
     image_dir: str = "image",
     prompt_path: str = "prompts/alignment.txt",
     max_samples: int = 0,
+    verify_images: bool = True,
 ) -> CaptionDataset:
     """OpenI image-summary pairs in XrayGPT's layout (stage 2); ids are `<report>_<view>`."""
-    return build_caption_dataset("openi", root, ann_file, image_dir, prompt_path, max_samples, vis_processor, text_processor)
+    return build_caption_dataset("openi", root, ann_file, image_dir, prompt_path, max_samples, verify_images,
+                                 vis_processor, text_processor)
 
 
 class MixedDataset(torch.utils.data.Dataset):
