@@ -185,36 +185,29 @@ def build_caption_dataset(
     return CaptionDataset(name, samples, vis_processor, text_processor, instructions)
 
 
-@register("dataset", "mimic")
-def build_mimic(
-    root: str,
-    vis_processor: Callable,
-    text_processor: Callable[[str], str],
-    ann_file: str = "filter_cap.json",
-    image_dir: str = "image",
-    prompt_path: str = "prompts/alignment.txt",
-    max_samples: int = 0,
-    verify_images: bool = True,
-) -> CaptionDataset:
-    """MIMIC-CXR image-summary pairs in XrayGPT's layout (stage 1)."""
-    return build_caption_dataset("mimic", root, ann_file, image_dir, prompt_path, max_samples, verify_images,
-                                 vis_processor, text_processor)
+def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset]:
+    """Register the dataset builder of one source in XrayGPT's layout under `name`."""
+
+    def builder(
+        root: str,
+        vis_processor: Callable,
+        text_processor: Callable[[str], str],
+        ann_file: str = "filter_cap.json",
+        image_dir: str = "image",
+        prompt_path: str = "prompts/alignment.txt",
+        max_samples: int = 0,
+        verify_images: bool = True,
+    ) -> CaptionDataset:
+        return build_caption_dataset(name, root, ann_file, image_dir, prompt_path, max_samples, verify_images,
+                                     vis_processor, text_processor)
+
+    builder.__name__ = builder.__qualname__ = f"build_{name}"
+    builder.__doc__ = description
+    return register("dataset", name)(builder)
 
 
-@register("dataset", "openi")
-def build_openi(
-    root: str,
-    vis_processor: Callable,
-    text_processor: Callable[[str], str],
-    ann_file: str = "filter_cap.json",
-    image_dir: str = "image",
-    prompt_path: str = "prompts/alignment.txt",
-    max_samples: int = 0,
-    verify_images: bool = True,
-) -> CaptionDataset:
-    """OpenI image-summary pairs in XrayGPT's layout (stage 2); ids are `<report>_<view>`."""
-    return build_caption_dataset("openi", root, ann_file, image_dir, prompt_path, max_samples, verify_images,
-                                 vis_processor, text_processor)
+build_mimic = _caption_source("mimic", "MIMIC-CXR image-summary pairs in XrayGPT's layout (stage 1).")
+build_openi = _caption_source("openi", "OpenI image-summary pairs in XrayGPT's layout (stage 2); ids are `<report>_<view>`.")
 
 
 class MixedDataset(torch.utils.data.Dataset):
