@@ -1,7 +1,7 @@
 """Builders: the only code that reads the validated config and the registry.
 
 They turn config sections into objects through plain constructors with typed arguments:
-`build_model`, `build_datasets`, `build_task`, `build_runner`.
+`build_distributed`, `build_model`, `build_datasets`, `build_runner`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from xraygpt.data.datasets import MixedDataset
 logger = logging.getLogger(__name__)
 
 
-def _kwargs(section: Any, drop: tuple[str, ...] = ()) -> dict:
-    data = OmegaConf.to_container(section) if isinstance(section, DictConfig) else dict(section)
-    return {k: v for k, v in data.items() if k not in drop}
+def _kwargs(section: Any) -> dict:
+    """A config section as a plain, mutable dict."""
+    return dict(OmegaConf.to_container(section) if isinstance(section, DictConfig) else section)
 
 
 def build_processor(section: Any):
