@@ -36,7 +36,7 @@ def tiny_assets(tmp_path_factory) -> dict:
     write_tiny_encoder(root / "encoder", seed=0)
     captions = [a["caption"] for a in json.loads((root / "data" / "train" / "filter_cap.json").read_text())["annotations"]]
     texts = conversation_texts(captions, load_instructions(REPO / "prompts" / "alignment.txt"), random.Random(0))
-    write_tiny_llm(root / "llm", texts, seed=0, steps=40, batch_size=16)
+    write_tiny_llm(root / "llm", texts, seed=0)
     return {
         "root": root,
         "train": root / "data" / "train",

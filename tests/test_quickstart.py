@@ -21,6 +21,7 @@ def workdir(tmp_path, repo, monkeypatch):
 def test_quickstart_pipeline_under_five_minutes_and_stage1_loss_falls(workdir, capsys):
     start = time.perf_counter()
     assert embedded.main(["prepare", "--out", "dataset/embedded"]) == 0
+    assert train.main(["--cfg-path", "train_configs/tiny_stage0.yaml"]) == 0
     assert train.main(["--cfg-path", "train_configs/tiny_stage1.yaml"]) == 0
     assert train.main(["--cfg-path", "train_configs/tiny_stage2.yaml"]) == 0
     capsys.readouterr()

@@ -31,8 +31,8 @@ def _digest(module: torch.nn.Module) -> str:
 def _run_in_process(cfg_path, options=()):
     cfg = load_config(cfg_path, list(options))
     model = builders.build_model(cfg.model, cfg.run.seed)
-    train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train")
-    eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval")
+    train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer)
+    eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval", model.prompt_tokenizer)
     runner = builders.build_runner(cfg, model, train_set, eval_set, DistInfo())
     return model, runner
 

@@ -6,6 +6,7 @@ They turn config sections into objects through plain constructors with typed arg
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -39,11 +40,15 @@ def build_model(model_cfg: Any, seed: int = 0):
     kwargs = _kwargs(model_cfg)
     cls = registry.get("model", kwargs.pop("arch"))
     ckpt = kwargs.pop("ckpt", None)
-    sections = getattr(cls, "CONFIG_SECTIONS", {})
-    built = {name: sections[name](**kwargs.pop(name)) for name in sections}
-    encoder = built["encoder"]
-    llm, tokenizer = built["llm"]
-    model = cls(encoder=encoder, llm=llm, tokenizer=tokenizer, prompt_format=built["prompt"], **kwargs)
+    for name, builder in getattr(cls, "CONFIG_SECTIONS", {}).items():
+        built = builder(**kwargs.pop(name))
+        if name == "llm":
+            kwargs["llm"], kwargs["tokenizer"] = built
+        elif name == "prompt":
+            kwargs["prompt_format"] = built
+        else:
+            kwargs[name] = built
+    model = cls(**kwargs)
     if ckpt:
         from xraygpt.training.checkpoint import read_checkpoint
 
@@ -52,23 +57,29 @@ def build_model(model_cfg: Any, seed: int = 0):
     return model
 
 
-def build_datasets(datasets_cfg: Any, seed: int, split: str = "train") -> MixedDataset | None:
+def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_tokenizer=None) -> MixedDataset | None:
     """All configured datasets for `split` ("train": each `root`; "eval": each `eval_root`).
 
-    Returns None for "eval" when no dataset has an `eval_root`.
+    Builders that take `prompt_tokenizer` (text datasets, which validate lengths at start-up)
+    get the model's.  Returns None for "eval" when no dataset has an `eval_root`.
     """
     components.register_all()
     built = []
     for name, section in _kwargs(datasets_cfg).items():
         kwargs = dict(section)
-        vis = build_processor(kwargs.pop("vis_processor")[split])
-        text = build_processor(kwargs.pop("text_processor")[split])
+        builder = registry.get("dataset", name)
+        params = inspect.signature(builder).parameters
+        for proc in ("vis_processor", "text_processor"):
+            if proc in kwargs:
+                kwargs[proc] = build_processor(kwargs[proc][split])
+        if "prompt_tokenizer" in params:
+            kwargs["prompt_tokenizer"] = prompt_tokenizer
         eval_root = kwargs.pop("eval_root", None)
         if split == "eval":
             if not eval_root:
                 continue
             kwargs["root"] = eval_root
-        built.append(registry.get("dataset", name)(vis_processor=vis, text_processor=text, **kwargs))
+        built.append(builder(**kwargs))
     if not built:
         return None
     return MixedDataset(built, seed)

@@ -10,7 +10,9 @@ import importlib
 
 REGISTERING_MODULES = (
     "xraygpt.models.xraygpt",
+    "xraygpt.models.llm_sft",
     "xraygpt.data.datasets",
+    "xraygpt.data.conversations",
     "xraygpt.data.transforms",
     "xraygpt.training.tasks",
     "xraygpt.training.runner",

@@ -160,14 +160,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         except registry.RegistryError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         ds_node = ds_node or {}
-        picked, rest = _split(ds_node, ("vis_processor", "text_processor"))
-        ds_schema = signature_schema(builder, f"dataset_{ds_name}", {"eval_root": (Optional[str], None)})
-        ds_out = OmegaConf.to_container(_validate(rest, ds_schema, path))
+        params = inspect.signature(builder).parameters
+        proc_keys = tuple(k for k in ("vis_processor", "text_processor") if k in params)
+        picked, rest = _split(ds_node, proc_keys)
+        extra = {"eval_root": (Optional[str], None)} if "root" in params else {}
+        ds_out = OmegaConf.to_container(_validate(rest, signature_schema(builder, f"dataset_{ds_name}", extra), path))
         procs = {
             "vis_processor": {"train": {"name": "medclip_image_train"}, "eval": {"name": "medclip_image_eval"}},
             "text_processor": {"train": {"name": "caption"}, "eval": {"name": "caption"}},
         }
-        for pkey, default in procs.items():
+        for pkey in proc_keys:
+            default = procs[pkey]
             given = picked.get(pkey) or {}
             for split in given:
                 if split not in ("train", "eval"):

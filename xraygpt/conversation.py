@@ -6,7 +6,8 @@ A training example reads (spaces as written):
 
 Tokens are `[BOS] + tok(text before <ImageHere>) + [IMAGE_TOKEN_ID] * N + tok(text after)`
 for the prompt, then `tok(summary + end_sym)` truncated to `max_txt_len` for the target.  The
-loss covers only the target tokens.  Generation encodes the prompt with the same function, so
+loss covers only the target tokens.  Multi-turn conversations (stage 0, chat) repeat the
+template per turn (`encode_dialogue`).  Generation encodes prompts with the same function, so
 the model sees identical token boundaries in training and at inference.
 """
 
@@ -95,28 +96,62 @@ class PromptTokenizer:
     def _tok(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
+    def encode_dialogue(self, turns: list[tuple[str, str | None]], system: str | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for a conversation of (user, assistant) turns.
+
+        The first user turn is preceded by BOS and the system text (`system`, or the format's).  An assistant answer is
+        followed by `end_sym` and is the only part with labels (each answer truncated to
+        `max_txt_len` tokens); a last answer of None leaves the ids ending in the assistant
+        prompt, ready for generation.  `<ImageHere>` may appear once in the whole dialogue and
+        becomes `num_image_tokens` IMAGE_TOKEN_IDs.  When the template starts with `end_sym`
+        (the paper's `###Doctor:`), later turns reuse the end symbol that closed the previous
+        answer instead of repeating it, as the chat renders it.
+        """
+        ids = [self.tokenizer.bos_token_id]
+        labels = [IGNORE_INDEX]
+        images = 0
+        end = self.format.end_sym
+        for i, (user, answer) in enumerate(turns):
+            text = self.format.template.format(user)
+            if i == 0:
+                text = (self.format.system if system is None else system) + text
+            elif text.startswith(end):
+                text = text[len(end):]
+            pieces = text.split(IMAGE_PLACEHOLDER)
+            images += len(pieces) - 1
+            if images > 1:
+                raise ValueError(f"a dialogue may hold {IMAGE_PLACEHOLDER} once, got more in turn {i + 1}")
+            for j, piece in enumerate(pieces):
+                if j:
+                    ids += [IMAGE_TOKEN_ID] * self.num_image_tokens
+                    labels += [IGNORE_INDEX] * self.num_image_tokens
+                piece_ids = self._tok(piece)
+                ids += piece_ids
+                labels += [IGNORE_INDEX] * len(piece_ids)
+            if answer is None:
+                if i != len(turns) - 1:
+                    raise ValueError("only the last turn may lack an answer")
+                break
+            target = self.encode_target(answer)
+            ids += target
+            labels += target
+        return ids, labels
+
     def encode_prompt(self, instruction: str) -> list[int]:
-        """Prompt ids: BOS, text before the image, N image sentinels, text after."""
-        text = self.format.render(instruction)
-        if text.count(IMAGE_PLACEHOLDER) != 1:
-            raise ValueError(f"the prompt must contain {IMAGE_PLACEHOLDER} exactly once: {text!r}")
-        before, after = text.split(IMAGE_PLACEHOLDER)
-        return (
-            [self.tokenizer.bos_token_id]
-            + self._tok(before)
-            + [IMAGE_TOKEN_ID] * self.num_image_tokens
-            + self._tok(after)
-        )
+        """Prompt ids for one instruction holding `<ImageHere>`: BOS, text, N image sentinels, text."""
+        if instruction.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"the instruction must contain {IMAGE_PLACEHOLDER} exactly once: {instruction!r}")
+        return self.encode_dialogue([(instruction, None)])[0]
 
     def encode_target(self, summary: str) -> list[int]:
         """Target ids: the summary followed by the end symbol, at most `max_txt_len` tokens."""
         return self._tok(summary + self.format.end_sym)[: self.format.max_txt_len]
 
     def encode_example(self, instruction: str, summary: str) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) for one training example; labels mask the prompt with IGNORE_INDEX."""
-        prompt = self.encode_prompt(instruction)
-        target = self.encode_target(summary)
-        return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+        """(input_ids, labels) for one image + instruction -> summary training example."""
+        if instruction.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"the instruction must contain {IMAGE_PLACEHOLDER} exactly once: {instruction!r}")
+        return self.encode_dialogue([(instruction, summary)])
 
     def decode_answer(self, token_ids: list[int]) -> str:
         """Generated ids -> clean text: special tokens dropped, cut at the end symbol, stripped."""

@@ -9,11 +9,10 @@
                                    (`vision_model.*` with transformers 4.x Swin names, plus
                                    `text_model.*` and `logit_scale`), loaded back by the real loader
     medclip_tiny/swin_config.json  its Swin config
-    llm_tiny/                      a 2-layer LLaMA + SentencePiece tokenizer trained here on the
-                                   synthetic summaries, saved as a Hugging Face folder; the LLaMA
-                                   is briefly trained as a language model on the conversation text
-                                   so that, like the recipe's domain-tuned Vicuna, it speaks the
-                                   template before it is frozen
+    llm_tiny/                      a randomly initialised 2-layer LLaMA + a SentencePiece tokenizer
+                                   trained here on the synthetic summaries (HF folder); stage 0
+                                   (`tiny_stage0.yaml`) teaches it the language and the template,
+                                   as XrayGPT tuned Vicuna before freezing it
 
 `python -m xraygpt.embedded report --stage1 DIR --stage2 DIR` prints the loss drop of each
 stage, the generated samples next to their references, and where the outputs are.
@@ -93,8 +92,11 @@ def conversation_texts(captions: list[str], instructions: list[str], rng: random
     return texts
 
 
-def write_tiny_llm(folder: Path, texts: list[str], seed: int = 0, steps: int = 300, batch_size: int = 32) -> Path:
-    """Tokenizer + 2-layer LLaMA trained `steps` steps as a causal LM on `texts`; saved as an HF folder."""
+def write_tiny_llm(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """SentencePiece tokenizer trained on `texts` + a randomly initialised 2-layer LLaMA, as an HF folder.
+
+    The LLaMA learns the language in stage 0 (`train_configs/tiny_stage0.yaml`).
+    """
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     train_tokenizer(texts, folder)
@@ -102,40 +104,15 @@ def write_tiny_llm(folder: Path, texts: list[str], seed: int = 0, steps: int = 3
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=None, **TINY_LLAMA)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    rng = random.Random(seed)
-    encoded = [[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    model.train()
-    for step in range(steps):
-        rows = [rng.choice(encoded) for _ in range(batch_size)]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        labels = torch.full_like(ids, -100)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            labels[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        for g in optimizer.param_groups:
-            g["lr"] = 3e-3 * min(1.0, (step + 1) / 30)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
-            logger.info("tiny LLM language-model warm-up: step %d/%d loss %.3f", step + 1, steps, loss.item())
-    model.eval()
-    model.save_pretrained(str(folder))
+    LlamaForCausalLM(config).save_pretrained(str(folder))
     return folder
 
 
-def prepare(out: Path, seed: int = 0, num_train: int = 1000, llm_steps: int = 300, force: bool = False,
+def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False,
             prompt_path: str = "prompts/alignment.txt") -> Path:
     """Generate the embedded default under `out` (skipped when already complete unless `force`)."""
     marker = out / COMPLETE_MARKER
-    settings = {"seed": seed, "num_train": num_train, "llm_steps": llm_steps}
+    settings = {"seed": seed, "num_train": num_train}
     if marker.is_file() and not force and json.loads(marker.read_text()) == settings:
         logger.info("embedded default already prepared in %s", out)
         return out
@@ -149,7 +126,7 @@ def prepare(out: Path, seed: int = 0, num_train: int = 1000, llm_steps: int = 30
     write_tiny_encoder(out / "medclip_tiny", seed)
     captions = [a["caption"] for a in json.loads((out / "data" / "mimic" / "train" / "filter_cap.json").read_text())["annotations"]]
     texts = conversation_texts(captions, load_instructions(prompt_path), random.Random(seed))
-    write_tiny_llm(out / "llm_tiny", texts, seed, steps=llm_steps)
+    write_tiny_llm(out / "llm_tiny", texts, seed)
     marker.write_text(json.dumps(settings))
     return out
 
@@ -182,7 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="dataset/embedded")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=1000)
-    p.add_argument("--llm-steps", type=int, default=300)
     p.add_argument("--force", action="store_true")
     p.add_argument("--prompt-path", default="prompts/alignment.txt")
     r = sub.add_parser("report", help="summarise finished quickstart runs")
@@ -190,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "prepare":
-        prepare(Path(args.out), args.seed, args.num_train, args.llm_steps, args.force, args.prompt_path)
+        prepare(Path(args.out), args.seed, args.num_train, args.force, args.prompt_path)
     else:
         sys.stdout.write(report(args.stage_dirs) + "\n")
     return 0

@@ -71,3 +71,42 @@ class GenerationCollator:
             "instructions": [s["instruction"] for s in samples],
             "references": [s.get("caption", "") for s in samples],
         }
+
+
+class ConversationCollator:
+    """Conversations {image_id, system, turns} -> a right-padded batch, loss on assistant turns.
+
+    Batch: input_ids / attention_mask / labels (B, L), image_ids (conversation ids).
+    """
+
+    def __init__(self, prompt_tokenizer: PromptTokenizer):
+        self.prompt_tokenizer = prompt_tokenizer
+        self.pad_id = prompt_tokenizer.tokenizer.pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids, labels = zip(*(self.prompt_tokenizer.encode_dialogue(s["turns"], s["system"]) for s in samples))
+        return {
+            "input_ids": pad_sequences(list(ids), self.pad_id, "right"),
+            "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0, "right"),
+            "labels": pad_sequences(list(labels), IGNORE_INDEX, "right"),
+            "image_ids": [s["image_id"] for s in samples],
+        }
+
+
+class ConversationPromptCollator:
+    """Conversations -> left-padded prompts asking for the last answer; that answer is the reference."""
+
+    def __init__(self, prompt_tokenizer: PromptTokenizer):
+        self.prompt_tokenizer = prompt_tokenizer
+        self.pad_id = prompt_tokenizer.tokenizer.pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict:
+        ids = [self.prompt_tokenizer.encode_dialogue(s["turns"][:-1] + [(s["turns"][-1][0], None)], s["system"])[0]
+               for s in samples]
+        return {
+            "input_ids": pad_sequences(ids, self.pad_id, "left"),
+            "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0, "left"),
+            "image_ids": [s["image_id"] for s in samples],
+            "instructions": [s["turns"][-1][0] for s in samples],
+            "references": [s["turns"][-1][1] for s in samples],
+        }

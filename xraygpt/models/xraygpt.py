@@ -3,11 +3,8 @@
 Shapes: pixel_values (B, 3, H, W) -> encoder tokens (B, N, Dv) -> projection (B, N, Dl) ->
 spliced into the (B, L, Dl) prompt embeddings at the N image-sentinel positions -> LLM.
 
-The loss is the mean over samples of each sample's mean token cross-entropy over its target
-tokens (summary + end symbol), so a batch's loss equals the mean of its samples' losses whatever
-their lengths, and gradient accumulation and data-parallel averaging weight samples equally.
-Logits are computed only at target positions (the LM head over the full sequence would cost
-B*L*V floats for nothing).
+The loss (`xraygpt.models.loss.target_token_loss`) covers the summary tokens and the end
+symbol and is the mean of per-sample losses.
 """
 
 from __future__ import annotations
@@ -15,13 +12,13 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from xraygpt.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from xraygpt.constants import IMAGE_TOKEN_ID
 from xraygpt.conversation import PromptFormat, PromptTokenizer
 from xraygpt.models.llm import load_llm
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
+from xraygpt.models.loss import target_token_loss
 from xraygpt.models.multimodal import embed_with_images
 from xraygpt.models.projector import LinearProjector
 from xraygpt.registry import register
@@ -156,18 +153,7 @@ class XrayGPT(nn.Module):
         """
         embeds = self.embed_inputs(input_ids, pixel_values)
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-        # Position t predicts token t+1.
-        targets = labels[:, 1:]
-        selected = targets != IGNORE_INDEX
-        h = hidden[:, :-1][selected]  # (T, Dl): only positions that predict a target token
-        logits = self.llm.get_output_embeddings()(h).float()
-        token_loss = F.cross_entropy(logits, targets[selected], reduction="none")
-        rows = selected.nonzero()[:, 0]
-        counts = selected.sum(dim=1)
-        if bool((counts == 0).any()):
-            raise ValueError("a sample in the batch has no target tokens (empty summary?)")
-        sample_loss = torch.zeros(labels.shape[0], device=token_loss.device).index_add(0, rows, token_loss) / counts
-        return {"loss": sample_loss.mean(), "sample_loss": sample_loss.detach(), "num_target_tokens": counts.sum()}
+        return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
 
     @torch.no_grad()
     def generate(

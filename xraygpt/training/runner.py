@@ -11,13 +11,13 @@ Outputs under `output_dir`:
     log.jsonl         one JSON object per logged step
     loss.png          the loss curve
     config.yaml       the fully resolved config
-    samples.jsonl     a few generated summaries next to their references (end of training)
+    samples.jsonl     a few generated answers next to their references (end of training)
+    (and whatever the task's `after_training` writes, e.g. stage 0's hf_model/)
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -53,7 +53,7 @@ def _single_threaded_worker(worker_id: int) -> None:
 
 @register("runner", "runner_iter")
 class IterRunner:
-    """Trains `model` on `datasets[0]`; generates samples from `datasets[1]` (or [0]) at the end.
+    """Trains `model` on `datasets[0]`; then the task's `after_training` (samples from `datasets[1]`, or [0]).
 
     Args (besides the objects built by `xraygpt.builders`):
         output_dir: where checkpoints, logs, plots and samples go.
@@ -268,28 +268,7 @@ class IterRunner:
         if self.dist.is_main:
             plot = plot_loss(self.log.read(), self.output_dir / "loss.png", title=str(self.output_dir))
             logger.info("log: %s, loss plot: %s", self.log.path, plot)
-            if self.sample_generations > 0:
-                self.write_samples()
+            held_out = self.eval_set if self.eval_set is not None else self.train_set
+            self.task.after_training(self.model, held_out, self.output_dir, self.sample_generations, self.gen_kwargs, self.amp_dtype)
         distributed.barrier()
         return {"final_loss": loss_value, "steps": self.total_steps, "checkpoint": str(self.ckpt_dir / "checkpoint_last.pt")}
-
-    @torch.no_grad()
-    def write_samples(self) -> list[dict]:
-        """Generate summaries for the first `sample_generations` held-out samples -> samples.jsonl."""
-        dataset = self.eval_set if self.eval_set is not None else self.train_set
-        samples = [dataset[k] for k in range(min(self.sample_generations, len(dataset)))]
-        batch = self.task.generation_collator(self.model)(samples)
-        self.model.eval()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            preds = self.model.generate(batch["pixel_values"].to(self.device), batch["input_ids"], batch["attention_mask"], **self.gen_kwargs)
-        self.model.train()
-        rows = [
-            {"image_id": i, "instruction": ins, "prediction": p, "reference": r}
-            for i, ins, p, r in zip(batch["image_ids"], batch["instructions"], preds, batch["references"])
-        ]
-        with (self.output_dir / "samples.jsonl").open("w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        for row in rows:
-            logger.info("sample %s\n  generated: %s\n  reference: %s", row["image_id"], row["prediction"], row["reference"])
-        return rows

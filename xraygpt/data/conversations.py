@@ -1,0 +1,199 @@
+"""Stage-0 text data: conversation files and summary files, validated at start-up.
+
+Conversation file format (JSON list, or JSONL with one record per line; UTF-8):
+
+    {"id": "c1", "turns": [{"role": "system", "content": "..."},        # optional, first only
+                           {"role": "user", "content": "..."},
+                           {"role": "assistant", "content": "..."}, ...]}
+
+Roles alternate user/assistant and end with an assistant turn; the loss covers assistant turns.
+ShareGPT-style records (`{"id", "conversations": [{"from": "human"|"gpt"|"system", "value"}]}`)
+are read as the same thing.  Summary files (XrayGPT's `filter_cap.json`) become one
+conversation per summary: a sampled instruction (its `<Img><ImageHere></Img>` removed) and the
+summary as the answer.
+
+Bad records are counted per reason (invalid JSON, not UTF-8, missing role, unknown role, bad
+role order, empty turn, longer than the context), logged once with the first ids, and skipped;
+zero usable conversations is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from xraygpt.constants import IMAGE_PLACEHOLDER
+from xraygpt.conversation import PromptTokenizer, load_instructions
+from xraygpt.data.datasets import DatasetError, read_annotations
+from xraygpt.registry import register
+
+logger = logging.getLogger(__name__)
+
+ROLE_ALIASES = {"user": "user", "human": "user", "doctor": "user", "assistant": "assistant", "gpt": "assistant",
+                "system": "system"}
+
+
+def read_records(path: Path, skipped: dict[str, list[str]]) -> list[tuple[str, object]]:
+    """(id, raw record) pairs from a JSON list or JSONL file; unreadable lines counted in `skipped`."""
+    if not path.is_file():
+        raise DatasetError(f"conversation file {path} does not exist")
+    raw = path.read_bytes()
+    records: list[tuple[str, object]] = []
+    stripped = raw.lstrip()
+    if stripped.startswith(b"["):
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"conversation file {path} is not valid UTF-8 JSON: {exc}") from exc
+        return [(str(r.get("id", f"#{i}")) if isinstance(r, dict) else f"#{i}", r) for i, r in enumerate(data)]
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            skipped["not UTF-8"].append(f"line {lineno}")
+            continue
+        except json.JSONDecodeError:
+            skipped["invalid JSON"].append(f"line {lineno}")
+            continue
+        rid = str(record.get("id", f"line {lineno}")) if isinstance(record, dict) else f"line {lineno}"
+        records.append((rid, record))
+    return records
+
+
+def parse_turns(record: object) -> tuple[str, list[tuple[str, str]]] | str:
+    """(system, [(user, assistant), ...]) from a record, or the reason it is unusable."""
+    if not isinstance(record, dict):
+        return "malformed record"
+    raw_turns = record.get("turns", record.get("conversations"))
+    if not isinstance(raw_turns, list) or not raw_turns:
+        return "no turns"
+    turns = []
+    for t in raw_turns:
+        if not isinstance(t, dict):
+            return "malformed record"
+        role = t.get("role", t.get("from"))
+        content = t.get("content", t.get("value"))
+        if role is None:
+            return "missing role"
+        if str(role).lower() not in ROLE_ALIASES:
+            return "unknown role"
+        if not isinstance(content, str) or not content.strip():
+            return "empty turn"
+        turns.append((ROLE_ALIASES[str(role).lower()], content.strip()))
+    system = ""
+    if turns[0][0] == "system":
+        system = turns.pop(0)[1] + " "
+    roles = [r for r, _ in turns]
+    if not turns or len(roles) % 2 or any(r != ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles)):
+        return "bad role order"
+    return system, [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns), 2)]
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Validated conversations: `get(i, rng)` -> {"image_id": id, "system", "turns"}."""
+
+    def __init__(self, name: str, conversations: list[tuple[str, str, list[tuple[str, str]]]]):
+        self.name = name
+        self.conversations = conversations
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def get(self, index: int, rng: random.Random) -> dict:
+        cid, system, turns = self.conversations[index]
+        return {"image_id": cid, "system": system, "turns": turns}
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get(index, random.Random(index))
+
+
+def _finalise(name: str, candidates, skipped: dict[str, list[str]], total: int,
+              prompt_tokenizer: PromptTokenizer, max_len: int) -> ConversationDataset:
+    kept = []
+    for cid, system, turns in candidates:
+        ids, _ = prompt_tokenizer.encode_dialogue(turns, system)
+        if len(ids) > max_len:
+            skipped["longer than the context"].append(cid)
+            continue
+        kept.append((cid, system, turns))
+    for reason, ids in skipped.items():
+        if ids:
+            logger.warning("%s: skipped %d of %d conversations (%s), first: %s", name, len(ids), total, reason, ", ".join(ids[:5]))
+    if not kept:
+        raise DatasetError(f"{name}: no usable conversation")
+    logger.info("%s: %d conversations", name, len(kept))
+    return ConversationDataset(name, kept)
+
+
+def _reasons() -> dict[str, list[str]]:
+    return {r: [] for r in ("invalid JSON", "not UTF-8", "malformed record", "no turns", "missing role",
+                            "unknown role", "empty turn", "bad role order", "longer than the context")}
+
+
+@register("dataset", "conversations")
+def build_conversations(path: str, prompt_tokenizer: PromptTokenizer, max_len: int = 2048) -> ConversationDataset:
+    """Conversations from a JSON/JSONL file (see module docstring).
+
+    Args:
+        path: the file.
+        max_len: the context limit in tokens; longer conversations are skipped and counted.
+    """
+    skipped = _reasons()
+    records = read_records(Path(path), skipped)
+    candidates = []
+    for cid, record in records:
+        parsed = parse_turns(record)
+        if isinstance(parsed, str):
+            skipped[parsed].append(cid)
+        else:
+            candidates.append((cid, parsed[0], parsed[1]))
+    total = len(records) + len(skipped["invalid JSON"]) + len(skipped["not UTF-8"])
+    return _finalise(f"conversations {path}", candidates, skipped, total, prompt_tokenizer, max_len)
+
+
+@register("dataset", "summaries")
+def build_summaries(
+    root: str,
+    prompt_tokenizer: PromptTokenizer,
+    ann_file: str = "filter_cap.json",
+    prompt_path: str = "prompts/alignment.txt",
+    max_len: int = 2048,
+    max_samples: int = 0,
+    seed: int = 0,
+) -> ConversationDataset:
+    """One conversation per summary of an XrayGPT `filter_cap.json` (images are not needed).
+
+    Args:
+        root: folder holding `ann_file`.
+        prompt_path: instructions; one is sampled per summary (seeded), its image tags removed.
+        max_len: the context limit in tokens.
+        max_samples: use only the first N summaries (0 = all).
+        seed: seeds the instruction choice.
+    """
+    annotations = read_annotations(Path(root) / ann_file)
+    if max_samples > 0:
+        annotations = annotations[:max_samples]
+    instructions = [_text_only(i) for i in load_instructions(prompt_path)]
+    rng = random.Random(seed)
+    skipped = _reasons()
+    candidates = []
+    for n, ann in enumerate(annotations):
+        cid = str(ann.get("image_id", f"#{n}")) if isinstance(ann, dict) else f"#{n}"
+        caption = ann.get("caption") if isinstance(ann, dict) else None
+        if not isinstance(caption, str) or not caption.strip():
+            skipped["empty turn"].append(cid)
+            continue
+        candidates.append((cid, "", [(rng.choice(instructions), re.sub(r"\s+", " ", caption).strip())]))
+    return _finalise(f"summaries {root}", candidates, skipped, len(annotations), prompt_tokenizer, max_len)
+
+
+def _text_only(instruction: str) -> str:
+    """An image instruction without its image: `<Img><ImageHere></Img>` and the placeholder removed."""
+    return re.sub(r"\s+", " ", instruction.replace("<Img>", "").replace("</Img>", "").replace(IMAGE_PLACEHOLDER, "")).strip()

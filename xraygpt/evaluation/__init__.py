@@ -1,0 +1,1 @@
+"""Evaluation: perplexity of the LLM, finding-level scores of generated summaries."""

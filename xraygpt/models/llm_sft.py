@@ -1,0 +1,137 @@
+"""Stage 0: supervised fine-tuning of the LLM alone (registered model `llm_sft`).
+
+Text-only conversations in the same `###Doctor:` / `###Assistant:` template as stages 1-2, loss
+on assistant turns only (`xraygpt.models.loss.target_token_loss`).  `finetune: lora` wraps the
+LLM with peft LoRA adapters (only they train; checkpoints hold only them); `finetune: full`
+trains every LLM weight.  `export_pretrained` writes a plain Hugging Face folder (config,
+tokenizer, safetensors; LoRA merged in) that stages 1-2 load as their frozen LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.models.llm import load_llm
+from xraygpt.models.loss import target_token_loss
+from xraygpt.registry import register
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_MODES = ("lora", "full")
+LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@register("model", "llm_sft")
+class LLMSFT(nn.Module):
+    """A causal LLM fine-tuned on conversations, fully or with LoRA.
+
+    Args:
+        llm: a Hugging Face causal LM.
+        tokenizer: its tokenizer.
+        prompt_format: the conversation template.
+        finetune: `lora` (peft adapters train) or `full` (all LLM weights train).
+        lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout.
+        lora_target_modules: names of the linear layers that get adapters.
+    """
+
+    CONFIG_SECTIONS = {"llm": load_llm, "prompt": PromptFormat}
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer,
+        prompt_format: PromptFormat,
+        finetune: str = "lora",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] = LLAMA_LINEAR_LAYERS,
+    ):
+        super().__init__()
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"model.finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        self.finetune = finetune
+        if finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            for p in llm.parameters():
+                p.requires_grad_(False)
+            config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                target_modules=list(lora_target_modules), task_type="CAUSAL_LM")
+            llm = get_peft_model(llm, config)
+        else:
+            for p in llm.parameters():
+                p.requires_grad_(True)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, num_image_tokens=0)
+        self.frozen_modules: tuple[str, ...] = ()
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in self.parameters())
+        logger.info("stage 0 (%s): %d of %d parameters train", finetune, n_train, n_all)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that train: LoRA adapters, or the whole LLM for full fine-tuning."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load weights written by `trainable_state_dict`; every trainable weight must be present."""
+        wanted = set(self.trainable_state_dict())
+        missing = sorted(wanted - set(state))
+        unknown = sorted(set(state) - wanted)
+        if missing or unknown:
+            which = f"lacks {missing[0]}" if missing else f"has unexpected {unknown[0]}"
+            raise ValueError(f"checkpoint {source} {which} (a checkpoint of another model or finetune mode?)")
+        self.load_state_dict(state, strict=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **_: object) -> dict:
+        """(B, L) right-padded ids, mask and labels -> `target_token_loss` outputs."""
+        hidden = self.llm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 160,
+                 num_beams: int = 1) -> list[str]:
+        """Answers to left-padded prompts, cut at the end symbol."""
+        out = self.llm.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+            stop_strings=[self.prompt_tokenizer.format.end_sym], tokenizer=self.tokenizer,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [self.prompt_tokenizer.decode_answer(row[input_ids.shape[1]:].tolist()) for row in out]
+
+    def merged_llm(self) -> nn.Module:
+        """The plain LLM with LoRA merged in (the adapters are folded into this model's weights)."""
+        if self.finetune == "lora":
+            self.llm = self.llm.merge_and_unload()
+            self.finetune = "full-merged"
+        return self.llm
+
+    def export_pretrained(self, folder: str | Path) -> Path:
+        """Save the (merged) LLM and tokenizer as a Hugging Face folder with safetensors weights."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        llm = self.merged_llm()
+        llm.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        source = getattr(self.tokenizer, "vocab_file", None)
+        if source and Path(source).is_file() and not (out / "tokenizer.model").exists():
+            shutil.copyfile(source, out / "tokenizer.model")  # keep the SentencePiece original too
+        logger.info("stage-0 LLM exported to %s", out)
+        return out
