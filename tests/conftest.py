@@ -99,3 +99,19 @@ def tiny_model_factory(tiny_assets):
         return builders.build_model(validate(OmegaConf.create(cfg)).model, seed)
 
     return make
+
+
+def run_until_checkpoint_then_kill(cfg_path: Path, checkpoint: Path, timeout: float = 240) -> None:
+    """Start train.py on `cfg_path` in a subprocess and SIGKILL it once `checkpoint` exists."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--cfg-path", str(cfg_path)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), f"the run never wrote {checkpoint}"

@@ -3,17 +3,15 @@
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import train
-from conftest import REPO, tiny_config, write_yaml
+from conftest import REPO, run_until_checkpoint_then_kill, tiny_config, write_yaml
 from xraygpt import builders
 from xraygpt.config import load_config
 from xraygpt.training.checkpoint import read_checkpoint
@@ -103,14 +101,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_assets, tmp_path):
     killed_out = tmp_path / "killed"
     killed_cfg = write_yaml(tiny_config(tiny_assets, killed_out, **common), tmp_path / "killed.yaml")
     half = killed_out / "checkpoints" / f"checkpoint_{n // 2:07d}.pt"
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--cfg-path", str(killed_cfg)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not half.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert half.exists(), "the run never wrote its mid-way checkpoint"
+    run_until_checkpoint_then_kill(killed_cfg, half)
 
     _, runner = _run_in_process(killed_cfg, [f"run.resume_ckpt_path={half}"])
     runner.train()

@@ -1,0 +1,193 @@
+"""Stage 0: LLM fine-tuning on conversations (full / LoRA), export, resume, bad data, perplexity."""
+
+import json
+import logging
+import random
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from conftest import REPO, SHARED_OPENI, run_until_checkpoint_then_kill, write_yaml
+from xraygpt import builders
+from xraygpt.config import load_config, validate
+from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.data.conversations import build_conversations, build_summaries
+from xraygpt.data.datasets import DatasetError
+from xraygpt.evaluation.perplexity import conversation_perplexity
+from xraygpt.models.llm import load_llm, load_tokenizer
+from xraygpt.training.checkpoint import read_checkpoint
+from xraygpt.training.distributed import DistInfo
+
+
+def stage0_config(llm, data_root, out, finetune="lora", **run):
+    cfg = {
+        "model": {"arch": "llm_sft", "finetune": finetune, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                  "llm": {"path": str(llm), "dtype": "float32"}, "prompt": {"max_txt_len": 64}},
+        "datasets": {"summaries": {"root": str(data_root), "prompt_path": str(REPO / "prompts" / "alignment.txt"), "max_len": 160}},
+        "run": {"task": "llm_sft", "output_dir": str(out), "init_lr": 3e-3, "max_epoch": 1, "iters_per_epoch": 4,
+                "batch_size_train": 4, "num_workers": 0, "log_freq": 1, "seed": 3, "sample_generations": 1,
+                "max_new_tokens": 8, "weight_decay": 0.0},
+    }
+    cfg["run"].update(run)
+    return cfg
+
+
+def _run(cfg_path, options=()):
+    cfg = load_config(cfg_path, list(options))
+    model = builders.build_model(cfg.model, cfg.run.seed)
+    train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer)
+    runner = builders.build_runner(cfg, model, train_set, None, DistInfo())
+    runner.train()
+    return model
+
+
+def _build(tiny_assets, finetune):
+    cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], "unused", finetune)
+    return builders.build_model(validate(OmegaConf.create(cfg)).model, 0)
+
+
+def test_lora_trains_only_adapters_full_trains_everything(tiny_assets):
+    lora = _build(tiny_assets, "lora")
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    full = _build(tiny_assets, "full")
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_lora_merge_reloads_with_plain_from_pretrained_and_same_logits(tiny_assets, tmp_path):
+    model = _build(tiny_assets, "lora")
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)  # make the adapters matter
+    ids = torch.randint(3, 200, (2, 17))
+    model.eval()
+    with torch.no_grad():
+        unmerged = model.llm(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(tiny_assets["llm"]))(input_ids=ids).logits
+    assert (unmerged - base).abs().max() > 1e-2  # the adapters change the output
+    folder = model.export_pretrained(tmp_path / "hf_model")
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    with torch.no_grad():
+        merged = reloaded(input_ids=ids).logits
+    assert torch.allclose(unmerged, merged, atol=1e-4)
+    assert not any("lora" in k for k in reloaded.state_dict())
+    llm, tok = load_llm(str(folder), "float32")  # what stages 1-2 do
+    assert len(tok) == len(load_tokenizer(tiny_assets["llm"]))
+
+
+def test_stage0_run_exports_a_folder_stage1_loads(tiny_assets, tmp_path):
+    out = tmp_path / "s0"
+    _run(write_yaml(stage0_config(tiny_assets["llm"], tiny_assets["train"], out, "full"), tmp_path / "s0.yaml"))
+    assert (out / "hf_model" / "model.safetensors").is_file()
+    assert (out / "samples.jsonl").is_file() and (out / "loss.png").is_file()
+    ckpt = read_checkpoint(out / "checkpoints" / "checkpoint_last.pt")
+    assert any(k.startswith("llm.") for k in ckpt["model"])
+    from conftest import tiny_config
+
+    cfg = tiny_config(tiny_assets, tmp_path / "s1")
+    cfg["model"]["llm"]["path"] = str(out / "hf_model")
+    model = builders.build_model(validate(OmegaConf.create(cfg)).model, 0)
+    trained = AutoModelForCausalLM.from_pretrained(str(out / "hf_model"))
+    assert torch.equal(model.llm.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+
+
+def test_stage0_resume_after_kill_matches_uninterrupted(tiny_assets, tmp_path):
+    n = 6
+    common = dict(iters_per_epoch=n, save_freq_steps=n // 2, sample_generations=0)
+    straight = tmp_path / "straight"
+    _run(write_yaml(stage0_config(tiny_assets["llm"], tiny_assets["train"], straight, **common), tmp_path / "a.yaml"))
+    killed = tmp_path / "killed"
+    cfg_path = write_yaml(stage0_config(tiny_assets["llm"], tiny_assets["train"], killed, **common), tmp_path / "b.yaml")
+    half = killed / "checkpoints" / f"checkpoint_{n // 2:07d}.pt"
+    run_until_checkpoint_then_kill(cfg_path, half)
+    _run(cfg_path, [f"run.resume_ckpt_path={half}"])
+    a = read_checkpoint(straight / "checkpoints" / "checkpoint_last.pt")["model"]
+    b = read_checkpoint(killed / "checkpoints" / "checkpoint_last.pt")["model"]
+    assert set(a) == set(b) and all("lora_" in k for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+@pytest.fixture(scope="module")
+def ptok(tiny_assets):
+    return PromptTokenizer(load_tokenizer(tiny_assets["llm"]), PromptFormat(), 0)
+
+
+def test_bad_conversations_are_counted_per_reason_and_skipped(tmp_path, ptok, caplog):
+    good = {"id": "ok1", "turns": [{"role": "user", "content": "Is the heart enlarged?"},
+                                   {"role": "assistant", "content": "Yes, there is cardiomegaly."}]}
+    sharegpt = {"id": "ok2", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Effusion?"},
+                                               {"from": "gpt", "value": "No pleural effusion."}]}
+    lines = [
+        json.dumps(good).encode(),
+        json.dumps(sharegpt).encode(),
+        json.dumps({"id": "norole", "turns": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}).encode(),
+        json.dumps({"id": "empty", "turns": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]}).encode(),
+        json.dumps({"id": "order", "turns": [{"role": "assistant", "content": "x"}]}).encode(),
+        json.dumps({"id": "long", "turns": [{"role": "user", "content": "why " * 400}, {"role": "assistant", "content": "x"}]}).encode(),
+        b'{"id": "latin1", "turns": [{"role": "user", "content": "caf\xe9"}]}',
+        b"{not json",
+    ]
+    path = tmp_path / "conv.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level(logging.WARNING):
+        ds = build_conversations(str(path), ptok, max_len=256)
+    assert [c[0] for c in ds.conversations] == ["ok1", "ok2"]
+    assert ds.conversations[1][1] == "Be brief. "
+    for reason, first in [("missing role", "norole"), ("empty turn", "empty"), ("bad role order", "order"),
+                          ("longer than the context", "long"), ("not UTF-8", "line 7"), ("invalid JSON", "line 8")]:
+        assert f"skipped 1 of 8 conversations ({reason}), first: {first}" in caplog.text, reason
+
+
+def test_no_usable_conversation_is_an_error(tmp_path, ptok):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"id": "x", "turns": [{"role": "user", "content": "q"}]}]))
+    with pytest.raises(DatasetError, match="no usable conversation"):
+        build_conversations(str(path), ptok)
+    with pytest.raises(DatasetError, match="does not exist"):
+        build_conversations(str(tmp_path / "none.jsonl"), ptok)
+
+
+def test_loss_only_on_assistant_turns_and_multi_turn_layout(ptok):
+    turns = [("Is the heart enlarged?", "Yes."), ("Any effusion?", "No.")]
+    ids, labels = ptok.encode_dialogue(turns)
+    text = ptok.tokenizer.decode(ids, skip_special_tokens=True)
+    # later turns reuse the end symbol that closed the previous answer ("No.###" + "Doctor: ...")
+    assert text.count("Doctor:") == 2 and text.count("###Assistant:") == 2 and "######" not in text
+    assert text.replace(" ", "").startswith("###Doctor:Istheheartenlarged?###Assistant:Yes.###Doctor:Anyeffusion?")
+    targets = ptok.tokenizer.decode([t for t in labels if t != -100])
+    assert targets.replace(" ", "") == "Yes.###No.###"
+
+
+@pytest.mark.skipif(not SHARED_OPENI.is_dir(), reason="../shared/data/openi-sample is not present")
+def test_stage0_lowers_held_out_perplexity_on_real_openi_summaries(tmp_path):
+    """Train on 5,000 real OpenI summaries, measure on 400 held-out ones: >= 30% lower perplexity."""
+    from xraygpt.embedded import write_tiny_llm
+
+    anns = json.loads((SHARED_OPENI / "filter_cap.json").read_text())["annotations"]
+    train, held_out = anns[:5000], anns[-400:]
+    for name, part in (("train", train), ("held_out", held_out)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "filter_cap.json").write_text(json.dumps({"annotations": part}))
+    write_tiny_llm(tmp_path / "llm", [a["caption"] for a in train], seed=0)
+    ptok_ = PromptTokenizer(load_tokenizer(tmp_path / "llm"), PromptFormat(max_txt_len=256), 0)
+    held = build_summaries(str(tmp_path / "held_out"), ptok_, prompt_path=str(REPO / "prompts" / "alignment.txt"), max_len=512)
+
+    def ppl(model_path):
+        cfg = stage0_config(model_path, tmp_path / "train", "unused", "full")
+        model = builders.build_model(validate(OmegaConf.create(cfg)).model, 0)
+        return conversation_perplexity(model, held)
+
+    before = ppl(tmp_path / "llm")
+    cfg = stage0_config(tmp_path / "llm", tmp_path / "train", tmp_path / "s0", "full", iters_per_epoch=150,
+                        batch_size_train=16, sample_generations=0, log_freq=50)
+    cfg["model"]["prompt"]["max_txt_len"] = 256
+    cfg["datasets"]["summaries"]["max_len"] = 512
+    _run(write_yaml(cfg, tmp_path / "s0.yaml"))
+    after = ppl(tmp_path / "s0" / "hf_model")
+    print(f"held-out perplexity on real OpenI summaries: {before:.1f} -> {after:.1f} ({100 * (1 - after / before):.0f}% lower)")
+    assert after <= 0.7 * before
+    random.seed(0)
