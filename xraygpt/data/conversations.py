@@ -134,7 +134,7 @@ def _finalise(name: str, candidates, skipped: dict[str, list[str]], total: int,
 
 def _reasons() -> dict[str, list[str]]:
     return {r: [] for r in ("invalid JSON", "not UTF-8", "malformed record", "no turns", "missing role",
-                            "unknown role", "empty turn", "bad role order", "longer than the context")}
+                            "unknown role", "empty turn", "bad role order", "no context", "longer than the context")}
 
 
 @register("dataset", "conversations")
@@ -167,20 +167,33 @@ def build_summaries(
     max_len: int = 2048,
     max_samples: int = 0,
     seed: int = 0,
+    context_file: str | None = None,
+    context_slot_length: int = 0,
 ) -> ConversationDataset:
     """One conversation per summary of an XrayGPT `filter_cap.json` (images are not needed).
 
     Args:
         root: folder holding `ann_file`.
-        prompt_path: instructions; one is sampled per summary (seeded), its image tags removed.
+        prompt_path: instructions; one is sampled per summary (seeded).  Without a context,
+            the image (`<Img><ImageHere></Img>`) is removed from it.
         max_len: the context limit in tokens.
         max_samples: use only the first N summaries (0 = all).
         seed: seeds the instruction choice.
+        context_file: JSON {image_id: text or list of labels} (e.g. a synthetic split's
+            `labels.json`, or CheXpert labels): that text is placed in the image slot,
+            `<Img>text</Img>`, so the LLM learns to read the slot (an empty list reads
+            "normal").  Relative paths are taken inside `root`.
+        context_slot_length: when > 0 and the context is a label list, the slot holds this many
+            items: each label at a random (seeded) position, "-" elsewhere, like image tokens in
+            which a few patches show a finding and the rest show background.
     """
     annotations = read_annotations(Path(root) / ann_file)
     if max_samples > 0:
         annotations = annotations[:max_samples]
-    instructions = [_text_only(i) for i in load_instructions(prompt_path)]
+    contexts = _read_context(Path(root), context_file, context_slot_length, seed) if context_file else None
+    instructions = load_instructions(prompt_path)
+    if contexts is None:
+        instructions = [_text_only(i) for i in instructions]
     rng = random.Random(seed)
     skipped = _reasons()
     candidates = []
@@ -190,8 +203,42 @@ def build_summaries(
         if not isinstance(caption, str) or not caption.strip():
             skipped["empty turn"].append(cid)
             continue
-        candidates.append((cid, "", [(rng.choice(instructions), re.sub(r"\s+", " ", caption).strip())]))
+        instruction = rng.choice(instructions)
+        if contexts is not None:
+            if cid not in contexts:
+                skipped["no context"].append(cid)
+                continue
+            instruction = instruction.replace(IMAGE_PLACEHOLDER, contexts[cid])
+        candidates.append((cid, "", [(instruction, re.sub(r"\s+", " ", caption).strip())]))
     return _finalise(f"summaries {root}", candidates, skipped, len(annotations), prompt_tokenizer, max_len)
+
+
+def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int = 0) -> dict[str, str]:
+    """{image_id: slot text} from a JSON mapping to a string or a list of labels (see build_summaries)."""
+    path = Path(context_file)
+    path = path if path.is_absolute() or path.is_file() else root / path
+    if not path.is_file():
+        raise DatasetError(f"context file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"context file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"context file {path} must map image ids to text or label lists")
+    out = {}
+    rng = random.Random(f"context:{seed}")
+    for key, value in data.items():
+        if isinstance(value, list):
+            words = [str(v).replace("_", " ") for v in value]
+            if slot_length > 0:
+                slot = ["-"] * max(slot_length, len(words))
+                for word, pos in zip(words, rng.sample(range(len(slot)), len(words))):
+                    slot[pos] = word
+                value = " ".join(slot)
+            else:
+                value = ", ".join(words) or "normal"
+        out[str(key)] = str(value)
+    return out
 
 
 def _text_only(instruction: str) -> str:

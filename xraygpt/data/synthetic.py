@@ -278,7 +278,7 @@ def _place_nodules(case: _Case, cand: np.ndarray, count: int) -> tuple[tuple[flo
     chosen: list[tuple[float, float, float]] = []
     for side_u, xu, yu, ru in cand:
         sgn = -1.0 if side_u < 0.5 else 1.0
-        r = 0.06 + 0.04 * float(ru)  # radius 3-5 % of the image size
+        r = 0.08 + 0.04 * float(ru)  # radius 4-6 % of the image size
         x = sgn * (0.22 + 0.44 * float(xu)) + case.lung_dx
         y = -0.45 + 0.85 * float(yu)
         if not _nodule_ok(case, x, y, r, sgn):
