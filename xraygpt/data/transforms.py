@@ -1,14 +1,23 @@
-"""MedCLIP image preprocessing and caption cleaning, registered as processors.
+"""Image decoding, MedCLIP image preprocessing and caption cleaning (processors are registered).
 
 Written with PIL + torch because timm and torchvision cannot be installed beside the CPU torch
 build (they pull a CUDA torch).  Pipeline (MedCLIP's): grayscale -> pad to square (black) ->
 resize to `image_size` (bicubic) -> [0, 1] -> normalise with MedCLIP's mean/std -> 3 channels.
+
+Decoding (`decode_image`) refuses images with more than `max_pixels` pixels from the header,
+before any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what PIL's
+`convert("L")` gets wrong for X-rays: 16-bit / 32-bit / float images are min-max scaled to
+0..255 (PIL would clip them at 255), and images with transparency are composited on black
+(PIL would drop the alpha and keep whatever colour transparent pixels carry).
 """
 
 from __future__ import annotations
 
+import io
 import random
 import re
+import struct
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +25,42 @@ from PIL import Image, ImageEnhance
 
 from xraygpt.constants import MEDCLIP_IMAGE_SIZE, MEDCLIP_MEAN, MEDCLIP_STD
 from xraygpt.registry import register
+
+
+# What PIL raises for files that are not images, truncated or corrupt (struct.error, SyntaxError
+# and EOFError come from some plugins' chunk readers), or beyond its own decompression-bomb limit.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+
+# PIL modes holding more than 8 bits per pixel (16-bit PNGs open as I;16*).
+WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_image(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """A fully decoded image from a file or its bytes.
+
+    Raises ValueError when width x height exceeds `max_pixels` (read from the header, before
+    decoding), and one of DECODE_ERRORS when the data is not a decodable image.
+    """
+    with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ValueError(f"{width}x{height} pixels exceed the cap of {max_pixels}")
+        img.load()
+        return img.copy()
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """8-bit grayscale ("L") of any PIL image (see module docstring for wide and transparent modes)."""
+    if image.mode in WIDE_MODES:
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    return image.convert("L")
 
 
 def pad_to_square(image: Image.Image, fill: int = 0) -> Image.Image:
@@ -44,7 +89,7 @@ class MedCLIPImageEval:
         self.image_size = image_size
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
-        image = pad_to_square(image.convert("L"))
+        image = pad_to_square(to_grayscale(image))
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return to_normalised_tensor(image)
 
@@ -78,7 +123,7 @@ class MedCLIPImageTrain(MedCLIPImageEval):
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         rng = rng or random.Random()
-        image = pad_to_square(image.convert("L"))
+        image = pad_to_square(to_grayscale(image))
         side = image.size[0]
         crop = max(1, int(round(side * rng.uniform(self.min_scale, 1.0))))
         x0, y0 = rng.randint(0, side - crop), rng.randint(0, side - crop)
