@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
 from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import DatasetError
+from xraygpt.data.shards import ShardDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +59,18 @@ def build_model(model_cfg: Any, seed: int = 0):
     return model
 
 
-def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_tokenizer=None) -> MixedDataset | None:
+def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
+                   prompt_tokenizer=None) -> MixedDataset | ShardDataset | None:
     """All configured datasets for `split` ("train": each `root`; "eval": each `eval_root`).
 
     Builders that take `prompt_tokenizer` (text datasets, which validate lengths at start-up)
-    get the model's.  Returns None for "eval" when no dataset has an `eval_root`.
+    get the model's.  For "eval", a dataset with an `eval_split` (R2Gen format) reads that split.
+    A dataset in shards (`format: webdataset`) is streamed for training: it must be the only
+    training dataset and is returned as is (the runner splits it across ranks and workers).
+    Returns None for "eval" when no dataset has an `eval_root`.
     """
     components.register_all()
-    built = []
+    built, names = [], []
     for name, section in _kwargs(datasets_cfg).items():
         kwargs = dict(section)
         builder = registry.get("dataset", name)
@@ -79,9 +85,17 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_to
             if not eval_root:
                 continue
             kwargs["root"] = eval_root
+            if "eval_split" in kwargs:
+                kwargs["split"] = kwargs["eval_split"]
         built.append(builder(**kwargs))
+        names.append(name)
     if not built:
         return None
+    if split == "train" and any(isinstance(ds, ShardDataset) for ds in built):
+        if len(built) > 1:
+            raise DatasetError(f"datasets {', '.join(names)}: a dataset in shards (format: webdataset) must be the "
+                               "only training dataset; write one shard set from all sources instead")
+        return built[0]
     return MixedDataset(built, seed)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.conversation import PromptTokenizer, load_instructions
-from xraygpt.data.datasets import DatasetError, read_annotations
+from xraygpt.data.formats import DatasetError, read_annotations
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)

@@ -1,73 +1,45 @@
-"""Image-summary datasets in XrayGPT's layout, and the `mimic` / `openi` dataset builders.
+"""Image-summary datasets and the `mimic` / `openi` dataset builders (one per source, same arguments).
 
-Layout of a dataset root (XrayGPT's):
+A builder reads its source in one of three formats (`format:`): `xraygpt` (filter_cap.json +
+image folder), `r2gen` (annotation.json with train/val/test lists, one sample per image) or
+`webdataset` (a folder of tar shards + shards.json); see `xraygpt.data.formats` and
+`xraygpt.data.shards` for the layouts.
 
-    <root>/filter_cap.json     {"annotations": [{"image_id": "...", "caption": "..."}, ...]}
-    <root>/image/<image_id>.{jpg,png,...}
-
-At construction the annotation file is validated and the image folder is listed once:
-annotations without an image, with a missing id or an empty caption, or (with
-`verify_images`) whose file PIL cannot identify from its header, are counted, logged once
-per reason with the first ids, and dropped; zero usable samples is an error.  An image that fails to
-decode during training is logged with its path and replaced by the next sample, so an epoch
-never crashes hours in.  Random choices (instruction, augmentation) come from a per-draw RNG
-seeded by (seed, key), which makes data order and content reproducible across workers and
-across a resume.
+JSON formats give a map-style `CaptionDataset`: at construction the annotations are validated
+and the images located once; entries without an image, with a missing id, a duplicate id or an
+empty caption, or (with `verify_images`) whose file PIL cannot identify from its header, are
+counted, logged once per reason with the first ids, and dropped; zero usable samples is an
+error.  An image that fails to decode during training (truncated, corrupt, more than
+`max_image_pixels` pixels) is logged with its path and replaced by the next sample, so an
+epoch never crashes hours in.  Random choices (instruction, augmentation) come from a per-draw
+RNG seeded by (seed, key), which makes data order and content reproducible across workers and
+across a resume.  Shards give a streaming `ShardDataset` instead (see `xraygpt.data.shards`
+for how it splits across ranks and resumes).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from PIL import Image
 
 from xraygpt.conversation import load_instructions
+from xraygpt.data.formats import FORMAT_FILES, DatasetError, image_text_sample, log_dropped, read_samples
+from xraygpt.data.shards import ShardDataset, read_manifest
+from xraygpt.data.transforms import DECODE_ERRORS, decode_image
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used at all (missing file, malformed JSON, no usable sample)."""
-
-
-def read_annotations(path: Path) -> list[dict]:
-    """The `annotations` list of an XrayGPT `filter_cap.json`."""
-    if not path.is_file():
-        raise DatasetError(f"annotation file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"annotation file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DatasetError(f"annotation file {path} has no 'annotations' list")
-    return data["annotations"]
-
-
-def list_images(folder: Path) -> dict[str, str]:
-    """{image_id (file stem): file name} for the image files in `folder` (one directory listing)."""
-    if not folder.is_dir():
-        raise DatasetError(f"image folder {folder} does not exist")
-    found: dict[str, str] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix.lower() in IMAGE_SUFFIXES:
-                found.setdefault(stem, entry.name)
-    return found
+FORMATS = tuple(FORMAT_FILES)
 
 
 class CaptionDataset(torch.utils.data.Dataset):
-    """Image + summary samples of one source.
+    """Image + summary samples of one source, read from files.
 
     Args:
         name: source name for messages (e.g. "mimic").
@@ -75,6 +47,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         vis_processor: PIL image, rng -> (3, H, W) tensor.
         text_processor: caption -> cleaned caption.
         instructions: instructions to sample from (each holds `<ImageHere>`).
+        max_pixels: images with more pixels do not decode (checked from the header).
     """
 
     def __init__(
@@ -84,22 +57,22 @@ class CaptionDataset(torch.utils.data.Dataset):
         vis_processor: Callable,
         text_processor: Callable[[str], str],
         instructions: list[str],
+        max_pixels: int,
     ):
         self.name = name
         self.samples = samples
         self.vis_processor = vis_processor
         self.text_processor = text_processor
         self.instructions = instructions
+        self.max_pixels = max_pixels
         self.decode_failures = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load_image(self, index: int) -> Image.Image:
-        """Decoded image of sample `index` (raises OSError/ValueError when it does not decode)."""
-        with Image.open(self.samples[index][1]) as img:
-            img.load()
-            return img.copy()
+        """Decoded image of sample `index` (raises one of DECODE_ERRORS when it does not decode)."""
+        return decode_image(self.samples[index][1], self.max_pixels)
 
     def get(self, index: int, rng: random.Random) -> dict:
         """Sample `index` as {image_id, pixel_values (3, H, W), instruction, caption, source}.
@@ -111,113 +84,99 @@ class CaptionDataset(torch.utils.data.Dataset):
             image_id, path, caption = self.samples[i]
             try:
                 image = self.load_image(i)
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            except DECODE_ERRORS as exc:
                 self.decode_failures += 1
                 logger.warning("%s: image %s does not decode (%s); using the next sample", self.name, path, exc)
                 continue
-            return {
-                "image_id": image_id,
-                "pixel_values": self.vis_processor(image, rng),
-                "instruction": rng.choice(self.instructions),
-                "caption": self.text_processor(caption),
-                "source": self.name,
-            }
+            return image_text_sample(image_id, image, caption, self.name, self.vis_processor, self.text_processor,
+                                     self.instructions, rng)
         raise DatasetError(f"{self.name}: no image in the dataset decodes")
 
     def __getitem__(self, index: int) -> dict:
         return self.get(index, random.Random(index))
 
 
-def readable_header(path: Path) -> bool:
-    """True when PIL recognises the file as an image (reads the header only, not the pixels)."""
-    try:
-        with Image.open(path):
-            return True
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return False
-
-
 def build_caption_dataset(
     name: str,
     root: str,
-    ann_file: str,
-    image_dir: str,
+    format: str,
+    split: str,
+    ann_file: str | None,
+    image_dir: str | None,
     prompt_path: str,
     max_samples: int,
     verify_images: bool,
+    max_image_pixels: int,
+    shuffle_buffer: int,
     vis_processor: Callable,
     text_processor: Callable[[str], str],
-) -> CaptionDataset:
-    """Validate an XrayGPT-layout folder and build its dataset (see module docstring)."""
+) -> CaptionDataset | ShardDataset:
+    """Validate a dataset folder in `format` and build its dataset (see module docstring)."""
+    if format not in FORMATS:
+        raise DatasetError(f"{name}: unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"{name}: dataset root {root_path} does not exist")
-    annotations = read_annotations(root_path / ann_file)
-    images = list_images(root_path / image_dir)
     instructions = load_instructions(prompt_path)
-    samples: list[tuple[str, Path, str]] = []
-    dropped: dict[str, list[str]] = {"malformed entry": [], "empty caption": [], "image missing": [], "image unreadable": []}
-    for n, ann in enumerate(annotations):
-        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (str, int)) or not isinstance(ann.get("caption"), str):
-            dropped["malformed entry"].append(f"#{n}")
-            continue
-        image_id = str(ann["image_id"])
-        if not ann["caption"].strip():
-            dropped["empty caption"].append(image_id)
-        elif image_id not in images:
-            dropped["image missing"].append(image_id)
-        else:
-            samples.append((image_id, root_path / image_dir / images[image_id], ann["caption"]))
-    if verify_images and samples:
-        with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O-bound
-            readable = list(pool.map(readable_header, [s[1] for s in samples]))
-        dropped["image unreadable"] = [s[0] for s, ok in zip(samples, readable) if not ok]
-        samples = [s for s, ok in zip(samples, readable) if ok]
-    for reason, ids in dropped.items():
-        if ids:
-            logger.warning("%s: skipped %d of %d annotations (%s), first: %s", name, len(ids),
-                           len(annotations), reason, ", ".join(ids[:5]))
+    if format == "webdataset":
+        if max_samples > 0:
+            raise DatasetError(f"{name}: max_samples is not supported with format webdataset (write fewer shards)")
+        shards, total = read_manifest(root_path, ann_file or FORMAT_FILES[format][0])
+        logger.info("%s: %d samples in %d shards from %s", name, total, len(shards), root_path)
+        return ShardDataset(name, shards, total, vis_processor, text_processor, instructions, max_image_pixels,
+                            shuffle_buffer)
+    samples, dropped, total = read_samples(format, root_path, ann_file, image_dir, split, verify_images)
+    log_dropped(name, dropped, total)
     if not samples:
-        raise DatasetError(f"{name}: no usable sample in {root_path / ann_file} (images looked up in {root_path / image_dir})")
+        raise DatasetError(f"{name}: no usable sample in {root_path} (format {format})")
     if max_samples > 0:
         samples = samples[:max_samples]
     logger.info("%s: %d samples from %s", name, len(samples), root_path)
-    return CaptionDataset(name, samples, vis_processor, text_processor, instructions)
+    return CaptionDataset(name, samples, vis_processor, text_processor, instructions, max_image_pixels)
 
 
-def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset]:
-    """Register the dataset builder of one source in XrayGPT's layout under `name`."""
+def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset | ShardDataset]:
+    """Register the dataset builder of one source under `name` (arguments: see README "datasets")."""
 
     def builder(
         root: str,
         vis_processor: Callable,
         text_processor: Callable[[str], str],
-        ann_file: str = "filter_cap.json",
-        image_dir: str = "image",
+        format: str = "xraygpt",
+        split: str = "train",
+        eval_split: str = "val",
+        ann_file: Optional[str] = None,
+        image_dir: Optional[str] = None,
         prompt_path: str = "prompts/alignment.txt",
         max_samples: int = 0,
         verify_images: bool = True,
-    ) -> CaptionDataset:
-        return build_caption_dataset(name, root, ann_file, image_dir, prompt_path, max_samples, verify_images,
-                                     vis_processor, text_processor)
+        max_image_pixels: int = 50_000_000,
+        shuffle_buffer: int = 256,
+    ) -> CaptionDataset | ShardDataset:
+        # eval_split (r2gen) is read by xraygpt.builders.build_datasets, which passes it as `split`
+        # when building the held-out set; it is a builder argument so that the config schema has it.
+        del eval_split
+        return build_caption_dataset(name, root, format, split, ann_file, image_dir, prompt_path, max_samples,
+                                     verify_images, max_image_pixels, shuffle_buffer, vis_processor, text_processor)
 
     builder.__name__ = builder.__qualname__ = f"build_{name}"
     builder.__doc__ = description
     return register("dataset", name)(builder)
 
 
-build_mimic = _caption_source("mimic", "MIMIC-CXR image-summary pairs in XrayGPT's layout (stage 1).")
-build_openi = _caption_source("openi", "OpenI image-summary pairs in XrayGPT's layout (stage 2); ids are `<report>_<view>`.")
+build_mimic = _caption_source("mimic", "MIMIC-CXR image-summary pairs (stage 1).")
+build_openi = _caption_source("openi", "OpenI image-summary pairs (stage 2); ids are `<report>_<view>`.")
 
 
 class MixedDataset(torch.utils.data.Dataset):
     """Several datasets addressed by draw keys from `ResumableSampler`.
 
     A key k selects sample k % len(self) of the concatenation and seeds that draw's RNG with
-    (seed, k), so the same key always gives the same instruction and augmentation.
+    (seed, k), so the same key always gives the same instruction and augmentation.  A
+    ShardDataset member is read in shard order (held-out sets; training streams shards directly).
     """
 
-    def __init__(self, datasets: list[CaptionDataset], seed: int):
+    def __init__(self, datasets: list[CaptionDataset | ShardDataset], seed: int):
         if not datasets:
             raise DatasetError("no dataset configured")
         self.datasets = datasets

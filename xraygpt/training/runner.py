@@ -5,6 +5,8 @@ One "iteration" is one optimizer step over `accum_grad_iters` micro-batches of
 only parameters with requires_grad (the projection); the schedule is a pure function of the
 step.  Everything a resume needs (trainable weights, optimizer, step, RNG) is checkpointed; the
 data position is derived from the step, so `resume_ckpt_path` continues a killed run exactly.
+(A training set in shards is a stream that resumes at the step with a fresh seeded draw; see
+`xraygpt.data.shards`.)
 
 Outputs under `output_dir`:
     checkpoints/checkpoint_<step>.pt, checkpoints/checkpoint_last.pt   (trainable weights only)
@@ -181,12 +183,16 @@ class IterRunner:
 
     # ------------------------------------------------------------------ the loop
     def _loader(self, start_step: int):
-        sampler = ResumableSampler(
-            len(self.train_set), self.dist.rank, self.dist.world_size, self.seed,
-            start=start_step * self.accum * self.batch_size,
-        )
+        consumed = start_step * self.accum * self.batch_size  # samples this rank drew before start_step
+        if isinstance(self.train_set, torch.utils.data.IterableDataset):
+            # shards: the stream splits itself by rank and worker (see xraygpt.data.shards)
+            dataset = self.train_set.for_rank(self.dist.rank, self.dist.world_size, self.num_workers, self.seed, consumed)
+            sampler = None
+        else:
+            dataset = self.train_set
+            sampler = ResumableSampler(len(self.train_set), self.dist.rank, self.dist.world_size, self.seed, start=consumed)
         return torch.utils.data.DataLoader(
-            self.train_set,
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             collate_fn=self.task.train_collator(self.model),

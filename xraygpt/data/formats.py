@@ -1,0 +1,215 @@
+"""Annotation formats on disk, read into samples (image id, image file, caption).
+
+XrayGPT (`format: xraygpt`):
+
+    <root>/filter_cap.json   {"annotations": [{"image_id": "1384_1", "caption": "...", ...}, ...]}
+    <root>/image/<image_id>.png|.jpg|...
+
+R2Gen (`format: r2gen`; one file holds every split):
+
+    <root>/annotation.json   {"train": [{"id": "CXR1384_IM-0001", "report": "...",
+                                         "image_path": ["CXR1384_IM-0001/0.png", ...], "split": "train"}],
+                              "val": [...], "test": [...]}
+    <root>/images/<image_path>
+
+An R2Gen entry with several images (multi-view) gives one sample per image, all with the
+entry's report: ids `<id>_<k>` (k = 1, 2, ... in `image_path` order); a one-image entry keeps
+`<id>`.  Shards (`format: webdataset`) are read by `xraygpt.data.shards`.
+
+Readers never stop at a bad entry: malformed entries, empty captions, duplicate ids (the first
+is kept), missing images and (with `verify_images`) files whose header PIL cannot read are
+returned in `dropped` ({reason: [ids]}), to be logged or written to a report by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from xraygpt.data.transforms import DECODE_ERRORS
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Per format: default annotation file and image folder (relative to the dataset root).
+FORMAT_FILES = {
+    "xraygpt": ("filter_cap.json", "image"),
+    "r2gen": ("annotation.json", "images"),
+    "webdataset": ("shards.json", ""),
+}
+
+Sample = tuple[str, Path, str]  # (image_id, image file, caption)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used at all (missing file, malformed JSON, no usable sample)."""
+
+
+def read_json(path: Path, what: str) -> object:
+    """Parsed JSON of `path`; a missing, non-UTF-8 or malformed file raises DatasetError naming it."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def read_annotations(path: Path) -> list[dict]:
+    """The `annotations` list of an XrayGPT `filter_cap.json`."""
+    data = read_json(path, "annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DatasetError(f"annotation file {path} has no 'annotations' list")
+    return data["annotations"]
+
+
+def list_images(folder: Path) -> dict[str, str]:
+    """{image_id (file stem): file name} for the image files in `folder` (one directory listing)."""
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    found: dict[str, str] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, suffix = os.path.splitext(entry.name)
+            if suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(stem, entry.name)
+    return found
+
+
+def _dropped() -> dict[str, list[str]]:
+    return {"malformed entry": [], "empty caption": [], "duplicate id": [], "image missing": [], "image unreadable": []}
+
+
+def _reason(image_id: str, caption: str, image_found: bool, seen: set[str]) -> str | None:
+    """Why a well-formed entry is dropped (None: kept, and its id recorded in `seen`)."""
+    if not caption.strip():
+        return "empty caption"
+    if image_id in seen:
+        return "duplicate id"
+    if not image_found:
+        return "image missing"
+    seen.add(image_id)
+    return None
+
+
+def _r2gen_entry_ok(entry: object) -> bool:
+    """An R2Gen entry has an id, a report string and a non-empty list of image paths."""
+    return (isinstance(entry, dict) and isinstance(entry.get("id"), (str, int)) and isinstance(entry.get("report"), str)
+            and isinstance(entry.get("image_path"), list) and len(entry["image_path"]) > 0
+            and all(isinstance(p, str) for p in entry["image_path"]))
+
+
+def read_xraygpt(root: Path, ann_file: str, image_dir: str) -> tuple[list[Sample], dict[str, list[str]], int]:
+    """(samples, dropped, number of annotations) of an XrayGPT-layout folder."""
+    annotations = read_annotations(root / ann_file)
+    images = list_images(root / image_dir)
+    samples: list[Sample] = []
+    dropped = _dropped()
+    seen: set[str] = set()
+    for n, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (str, int)) or not isinstance(ann.get("caption"), str):
+            dropped["malformed entry"].append(f"#{n}")
+            continue
+        image_id = str(ann["image_id"])
+        reason = _reason(image_id, ann["caption"], image_id in images, seen)
+        if reason:
+            dropped[reason].append(image_id)
+        else:
+            samples.append((image_id, root / image_dir / images[image_id], ann["caption"]))
+    return samples, dropped, len(annotations)
+
+
+def read_r2gen(root: Path, ann_file: str, image_dir: str, split: str) -> tuple[list[Sample], dict[str, list[str]], int]:
+    """(samples, dropped, number of image references) of one split of an R2Gen annotation file."""
+    path = root / ann_file
+    data = read_json(path, "annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get(split), list):
+        known = ", ".join(k for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else "none"
+        raise DatasetError(f"annotation file {path} has no split {split!r} (splits: {known or 'none'})")
+    samples: list[Sample] = []
+    dropped = _dropped()
+    seen: set[str] = set()
+    references = 0
+    for n, entry in enumerate(data[split]):
+        if not _r2gen_entry_ok(entry):
+            references += 1
+            dropped["malformed entry"].append(f"#{n}")
+            continue
+        paths = entry["image_path"]
+        references += len(paths)
+        ids = [str(entry["id"])] if len(paths) == 1 else [f"{entry['id']}_{k}" for k in range(1, len(paths) + 1)]
+        for image_id, rel in zip(ids, paths):
+            file = root / image_dir / rel
+            reason = _reason(image_id, entry["report"], file.is_file(), seen)
+            if reason:
+                dropped[reason].append(image_id)
+            else:
+                samples.append((image_id, file, entry["report"]))
+    return samples, dropped, references
+
+
+def readable_header(path: Path) -> bool:
+    """True when PIL recognises the file as an image (reads the header only, not the pixels)."""
+    try:
+        with Image.open(path):
+            return True
+    except DECODE_ERRORS:
+        return False
+
+
+def drop_unreadable(samples: list[Sample], dropped: dict[str, list[str]]) -> list[Sample]:
+    """`samples` whose image header reads; the others are added to dropped["image unreadable"]."""
+    with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O-bound
+        readable = list(pool.map(readable_header, [s[1] for s in samples]))
+    dropped["image unreadable"] += [s[0] for s, ok in zip(samples, readable) if not ok]
+    return [s for s, ok in zip(samples, readable) if ok]
+
+
+def read_samples(format: str, root: Path, ann_file: str | None, image_dir: str | None, split: str,
+                 verify_images: bool) -> tuple[list[Sample], dict[str, list[str]], int]:
+    """(samples, dropped, entries read) of a JSON-format dataset (`xraygpt` or `r2gen`).
+
+    `ann_file` / `image_dir` None take the format's defaults (FORMAT_FILES); `split` is used by
+    `r2gen` only.
+    """
+    if format not in ("xraygpt", "r2gen"):
+        raise DatasetError(f"unknown JSON dataset format {format!r}; known: xraygpt, r2gen")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist")
+    default_ann, default_images = FORMAT_FILES[format]
+    ann_file, image_dir = ann_file or default_ann, image_dir or default_images
+    if format == "xraygpt":
+        samples, dropped, total = read_xraygpt(root, ann_file, image_dir)
+    else:
+        samples, dropped, total = read_r2gen(root, ann_file, image_dir, split)
+    if verify_images and samples:
+        samples = drop_unreadable(samples, dropped)
+    return samples, dropped, total
+
+
+def log_dropped(name: str, dropped: dict[str, list[str]], total: int) -> None:
+    """One warning per reason with the count and the first ids."""
+    for reason, ids in dropped.items():
+        if ids:
+            logger.warning("%s: skipped %d of %d annotations (%s), first: %s", name, len(ids), total, reason,
+                           ", ".join(ids[:5]))
+
+
+def image_text_sample(image_id: str, image: Image.Image, caption: str, source: str, vis_processor: Callable,
+                      text_processor: Callable[[str], str], instructions: list[str], rng: random.Random) -> dict:
+    """The sample every image-text dataset yields: {image_id, pixel_values (3, H, W), instruction, caption, source}."""
+    return {
+        "image_id": image_id,
+        "pixel_values": vis_processor(image, rng),
+        "instruction": rng.choice(instructions),
+        "caption": text_processor(caption),
+        "source": source,
+    }
