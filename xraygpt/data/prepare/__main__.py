@@ -1,0 +1,84 @@
+"""Command line: `python -m xraygpt.data.prepare {mimic,openi,shards} ...`.
+
+Each run writes <out>/stats.json and prints a short summary; bad input (a missing folder or
+CSV column, a non-empty --out) exits with code 2 and one line `error: ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import xraygpt.data.prepare as package
+from xraygpt.data.formats import DatasetError
+from xraygpt.data.prepare.mimic import prepare_mimic
+from xraygpt.data.prepare.openi import prepare_openi
+from xraygpt.data.prepare.pipeline import IMAGE_MODES, PrepareError
+from xraygpt.data.prepare.stats import summary_lines
+from xraygpt.data.prepare.to_shards import prepare_shards
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xraygpt.data.prepare", description=f"{package.__doc__}\n{__doc__}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_layout_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", required=True, help="new (or empty) output folder")
+        p.add_argument("--image-mode", choices=IMAGE_MODES, default="link",
+                       help="link: symbolic links to the source images; copy: copies")
+        p.add_argument("--no-verify-images", action="store_true", help="skip the header check of every image")
+
+    mimic = sub.add_parser("mimic", help="MIMIC-CXR reports + MIMIC-CXR-JPG -> XrayGPT layout per official split")
+    mimic.add_argument("--reports", required=True, help="folder holding the reports' files/pXX/... tree")
+    mimic.add_argument("--images", required=True, help="MIMIC-CXR-JPG folder (files/pXX/..., metadata and split CSVs)")
+    mimic.add_argument("--frontal-only", action="store_true", help="keep only PA and AP views")
+    add_layout_options(mimic)
+
+    openi = sub.add_parser("openi", help="OpenI ecgen-radiology XML + NLMCXR_png -> XrayGPT layout per seeded split")
+    openi.add_argument("--reports", required=True, help="the ecgen-radiology folder of XML reports")
+    openi.add_argument("--images", required=True, help="the NLMCXR_png folder")
+    openi.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.1, 0.2], metavar=("TRAIN", "VAL", "TEST"),
+                       help="split fractions of the reports (default 0.7 0.1 0.2)")
+    openi.add_argument("--seed", type=int, default=0, help="seed of the split by report")
+    add_layout_options(openi)
+
+    shards = sub.add_parser("shards", help="a JSON-format dataset -> webdataset shards")
+    shards.add_argument("--root", required=True, help="dataset folder")
+    shards.add_argument("--out", required=True, help="new (or empty) shard folder")
+    shards.add_argument("--format", choices=("xraygpt", "r2gen"), default="xraygpt")
+    shards.add_argument("--split", default="train", help="r2gen: the split to write")
+    shards.add_argument("--ann-file", default=None, help="annotation file in --root (default: the format's)")
+    shards.add_argument("--image-dir", default=None, help="image folder in --root (default: the format's)")
+    shards.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
+    shards.add_argument("--maxsize-mb", type=int, default=1000, help="MB per shard at most")
+    shards.add_argument("--no-verify-images", action="store_true", help="skip the header check of every image")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    try:
+        if args.command == "mimic":
+            stats = prepare_mimic(Path(args.reports), Path(args.images), out, args.frontal_only, args.image_mode,
+                                  not args.no_verify_images)
+        elif args.command == "openi":
+            stats = prepare_openi(Path(args.reports), Path(args.images), out, tuple(args.fractions), args.seed,
+                                  args.image_mode, not args.no_verify_images)
+        else:
+            stats = prepare_shards(args.format, Path(args.root), out, args.split, args.ann_file, args.image_dir,
+                                   args.maxcount, args.maxsize_mb * 1_000_000, not args.no_verify_images)
+    except (PrepareError, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(stats)))
+    print(f"report: {out / 'stats.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

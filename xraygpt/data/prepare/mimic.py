@@ -1,0 +1,146 @@
+"""MIMIC-CXR from its official releases: the free-text reports and MIMIC-CXR-JPG.
+
+Input:
+    <reports>/files/pXX/pNNNNNNNN/sNNNNNNNN.txt              one report per study (free text)
+    <images>/files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg     pXX: the subject id's first 2 digits
+    <images>/mimic-cxr-2.0.0-metadata.csv[.gz]                dicom_id, subject_id, study_id, ViewPosition, ...
+    <images>/mimic-cxr-2.0.0-split.csv[.gz]                   dicom_id, ..., split (train / validate / test)
+
+One sample per image (dicom_id), captioned by its study's report (report id `s<study_id>`,
+the report file's stem).  Reports are split into sections by `xraygpt.data.prepare.sections`;
+a report that is not UTF-8 is dropped.  Image steps: metadata row valid -> id unique (the
+first row is kept) -> report kept -> in the split file (one split per image; conflicting rows
+drop it) -> frontal (ViewPosition PA or AP; only with `frontal_only`) -> file exists -> header
+readable.  The split is the official one (by patient); a subject found in two splits is
+logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from xraygpt.data.prepare.pipeline import (
+    ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
+    summarise, write_layout,
+)
+from xraygpt.data.prepare.sections import parse_report
+from xraygpt.data.prepare.splits import MIMIC_SPLIT_NAMES, leaked_groups
+from xraygpt.data.prepare.stats import PrepareStats
+
+logger = logging.getLogger(__name__)
+
+METADATA = "mimic-cxr-2.0.0-metadata.csv"
+SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
+FRONTAL_VIEWS = ("PA", "AP")
+
+
+def find_csv(folder: Path, name: str) -> Path:
+    """`folder`/`name`, or its .gz as distributed."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise PrepareError(f"{folder / name} (or .gz) does not exist")
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a (possibly gzipped) CSV file that must have `columns`."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PrepareError(f"{path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
+        return list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PrepareError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
+
+
+def read_mimic_report(report_id: str, path: Path | None, images: list[ImageRef]) -> Report:
+    """The sections of one report file (`error` set when missing or not UTF-8)."""
+    if path is None:
+        return Report(report_id, {}, images, error="report file missing")
+    try:
+        return Report(report_id, parse_report(path.read_bytes().decode("utf-8")), images)
+    except UnicodeDecodeError as exc:
+        return Report(report_id, {}, images, error=f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+
+
+def _official_splits(rows: list[dict[str, str]]) -> dict[str, str | None]:
+    """{dicom_id: train | val | test}, None for an id with conflicting or unknown split names."""
+    splits: dict[str, str | None] = {}
+    for row in rows:
+        dicom, name = row["dicom_id"].strip(), MIMIC_SPLIT_NAMES.get(row["split"].strip().lower())
+        splits[dicom] = name if splits.get(dicom, name) == name else None
+    return splits
+
+
+def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only: bool, image_mode: str,
+                  verify_images: bool) -> dict:
+    """Prepare MIMIC-CXR into `out` (layout: `xraygpt.data.prepare.pipeline`); returns the stats.json content."""
+    for folder in (reports_root / "files", images_root / "files"):
+        if not folder.is_dir():
+            raise PrepareError(f"input folder {folder} does not exist")
+    check_output_dir(out)
+    metadata_path, split_path = find_csv(images_root, METADATA), find_csv(images_root, SPLIT_FILE)
+    rows = read_csv(metadata_path, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    official = _official_splits(read_csv(split_path, ("dicom_id", "split")))
+    stats = PrepareStats("mimic", {"reports": str(reports_root), "images": str(images_root),
+                                   "metadata": str(metadata_path), "split": str(split_path)})
+
+    images: list[ImageRef] = []
+    view, subject_of = {}, {}
+    for line, row in enumerate(rows, start=2):
+        dicom, subject, study = (row[k].strip() for k in ("dicom_id", "subject_id", "study_id"))
+        if not (dicom and subject.isdigit() and study.isdigit()):
+            images.append(ImageRef(f"{metadata_path.name} line {line}", None, "", "malformed metadata row"))
+            continue
+        path = images_root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
+        images.append(ImageRef(dicom, path, f"s{study}"))
+        view.setdefault(dicom, (row["ViewPosition"] or "").strip())
+        subject_of.setdefault(dicom, subject)
+    seen: set[str] = set()
+
+    def row_problem(image: ImageRef) -> str | None:
+        if image.problem:
+            return image.problem
+        if image.image_id in seen:
+            return "duplicate image id"
+        seen.add(image.image_id)
+        return None
+
+    images = stats.step("metadata row valid and unique", "image", images, row_problem, lambda im: im.image_id)
+
+    report_files = {p.stem: p for p in (reports_root / "files").glob("p*/p*/s*.txt")}
+    by_report: dict[str, list[ImageRef]] = defaultdict(list)
+    for image in images:
+        by_report[image.report_id].append(image)
+    reports = [read_mimic_report(rid, report_files.get(rid), by_report.get(rid, []))
+               for rid in sorted(set(report_files) | set(by_report))]
+    reports = stats.step("report has images", "report", reports,
+                         lambda r: None if r.images else "no image in the metadata", lambda r: r.report_id)
+    kept = summarise(reports, stats)
+
+    images = images_of_kept_reports(images, kept, stats)
+    images = stats.step("in the official split", "image", images,
+                        lambda im: None if official.get(im.image_id) else
+                        ("conflicting or unknown split" if im.image_id in official else "not in the split file"),
+                        lambda im: im.image_id)
+    if frontal_only:
+        def not_frontal(image: ImageRef) -> str | None:
+            position = view[image.image_id]
+            return None if position in FRONTAL_VIEWS else f"not frontal (ViewPosition {position or 'empty'})"
+
+        images = stats.step("frontal view", "image", images, not_frontal, lambda im: im.image_id)
+    images = check_image_files(images, stats, verify_images)
+    kept = reports_with_images(kept, images, stats)
+    leaks = leaked_groups((subject_of[im.image_id], official[im.image_id]) for r in kept for im in r.images)
+    if leaks:
+        logger.warning("mimic: %d subjects have images in two splits of the split file, first: %s", len(leaks),
+                       ", ".join(sorted(leaks)[:5]))
+    logger.info("mimic: %d reports, %d images kept", len(kept), sum(len(r.images) for r in kept))
+    return write_layout(out, kept, lambda im: official[im.image_id], image_mode, stats)

@@ -1,0 +1,136 @@
+"""Steps shared by the MIMIC-CXR and OpenI preparations, and the output they write.
+
+Reports (with their images) go through: read -> the paper's filters -> summary cleaning
+(`xraygpt.data.prepare.cleaning`).  Images then go through: report kept -> (source-specific
+steps) -> image file exists -> image header readable; reports left without an image are
+dropped last.  Every step is recorded in a `PrepareStats`.
+
+Output, one folder per split (train, val, test) in XrayGPT's layout plus the raw sections:
+
+    <out>/<split>/filter_cap.json   {"annotations": [{"image_id", "caption", "report_id"}, ...]}
+    <out>/<split>/image/<image_id>.<ext>   a symbolic link to the source image, or a copy
+    <out>/<split>/reports.json      {report_id: {"sections": {name: raw text}, "summary": ...,
+                                                 "image_ids": [...]}}  (re-summarise with any LLM)
+    <out>/stats.json                see `xraygpt.data.prepare.stats`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from xraygpt.data.formats import readable_header
+from xraygpt.data.prepare.cleaning import clean_summary, filter_reason
+from xraygpt.data.prepare.splits import SPLITS
+from xraygpt.data.prepare.stats import PrepareStats
+
+IMAGE_MODES = ("link", "copy")
+
+
+class PrepareError(ValueError):
+    """A preparation that cannot run (missing input folder or file, bad CSV header, non-empty output)."""
+
+
+@dataclasses.dataclass
+class ImageRef:
+    """One image of a report; `problem` is set when the source already knows it is unusable."""
+
+    image_id: str
+    path: Path | None
+    report_id: str
+    problem: str | None = None
+
+
+@dataclasses.dataclass
+class Report:
+    """One report: its raw sections and images; `error` is set when it could not be read."""
+
+    report_id: str
+    sections: dict[str, str]
+    images: list[ImageRef]
+    error: str | None = None
+    summary: str = ""
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output folder that already holds files (a second run would mix with the first)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PrepareError(f"output folder {out} is not empty; choose a new --out")
+
+
+def summarise(reports: list[Report], stats: PrepareStats) -> list[Report]:
+    """The reports that are readable, pass the paper's filters and keep a non-empty cleaned summary."""
+    reports = stats.step("report readable", "report", reports, lambda r: r.error, lambda r: r.report_id)
+    reports = stats.step("paper filters", "report", reports, lambda r: filter_reason(r.sections), lambda r: r.report_id)
+    for report in reports:
+        cleaned = clean_summary(report.sections["findings"], report.sections["impression"])
+        report.summary = cleaned.summary
+        stats.removed_sentences.update(rule for rule, _ in cleaned.removed)
+    return stats.step("summary cleaning", "report", reports,
+                      lambda r: None if r.summary else "empty summary after cleaning", lambda r: r.report_id)
+
+
+def images_of_kept_reports(images: list[ImageRef], kept: list[Report], stats: PrepareStats) -> list[ImageRef]:
+    """`images` whose report was kept; the others are dropped naming their report's reason."""
+    kept_ids = {r.report_id for r in kept}
+    why = {d["id"]: d["reason"] for d in stats.dropped if d["unit"] == "report"}
+    return stats.step("report kept", "image", images,
+                      lambda im: None if im.report_id in kept_ids else f"report dropped ({why.get(im.report_id, 'no report')})",
+                      lambda im: im.image_id)
+
+
+def check_image_files(images: list[ImageRef], stats: PrepareStats, verify: bool) -> list[ImageRef]:
+    """`images` whose file exists and (with `verify`) whose header PIL reads."""
+    images = stats.step("image file exists", "image", images,
+                        lambda im: None if im.path is not None and im.path.is_file() else "image file missing",
+                        lambda im: im.image_id)
+    if verify:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # header reads are I/O-bound
+            readable = dict(zip((im.image_id for im in images), pool.map(readable_header, [im.path for im in images])))
+        images = stats.step("image header readable", "image", images,
+                            lambda im: None if readable[im.image_id] else "image unreadable", lambda im: im.image_id)
+    return images
+
+
+def reports_with_images(reports: list[Report], images: list[ImageRef], stats: PrepareStats) -> list[Report]:
+    """The reports that still have an image; each keeps only those images."""
+    by_report: dict[str, list[ImageRef]] = {}
+    for image in images:
+        by_report.setdefault(image.report_id, []).append(image)
+    for report in reports:
+        report.images = by_report.get(report.report_id, [])
+    return stats.step("has a usable image", "report", reports,
+                      lambda r: None if r.images else "no usable image", lambda r: r.report_id)
+
+
+def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef], str], image_mode: str,
+                 stats: PrepareStats) -> dict:
+    """Write the per-split folders and stats.json (see module docstring); returns the stats content."""
+    if image_mode not in IMAGE_MODES:
+        raise PrepareError(f"unknown image mode {image_mode!r}; known: {', '.join(IMAGE_MODES)}")
+    for split in SPLITS:
+        annotations, split_reports = [], {}
+        image_dir = out / split / "image"
+        for report in reports:
+            images = [im for im in report.images if split_of(im) == split]
+            if not images:
+                continue
+            image_dir.mkdir(parents=True, exist_ok=True)
+            split_reports[report.report_id] = {"sections": report.sections, "summary": report.summary,
+                                               "image_ids": [im.image_id for im in images]}
+            for image in images:
+                annotations.append({"image_id": image.image_id, "caption": report.summary, "report_id": report.report_id})
+                target = image_dir / f"{image.image_id}{image.path.suffix.lower()}"
+                if image_mode == "link":
+                    target.symlink_to(image.path.resolve())
+                else:
+                    shutil.copyfile(image.path, target)
+        if annotations:
+            (out / split / "filter_cap.json").write_text(json.dumps({"annotations": annotations}, indent=1, ensure_ascii=False))
+            (out / split / "reports.json").write_text(json.dumps(split_reports, indent=1, ensure_ascii=False))
+            stats.outputs[split] = {"reports": len(split_reports), "images": len(annotations)}
+    return stats.write(out / "stats.json")

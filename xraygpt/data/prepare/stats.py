@@ -1,0 +1,95 @@
+"""The prepare report, `stats.json`: counts in/out of every step and every dropped id with its reason.
+
+    {"command": "openi", "inputs": {"reports": "...", "images": "..."},
+     "steps": [{"step": "parse XML", "unit": "report", "in": 120, "out": 118}, ...],
+     "totals": {"report": {"in": 120, "out": 97, "dropped": 23}, "image": {...}},
+     "dropped_by_reason": {"report": {"no findings": 9, ...}, "image": {...}},
+     "removed_sentences": {"comparison with prior": 41, ...},
+     "outputs": {"train": {"reports": 68, "images": 131}, ...},
+     "dropped": [{"unit": "report", "id": "1384", "reason": "findings shorter than 10 words"}, ...]}
+
+Units are "report" and "image" (or "sample").  A step's input must be the previous step's output
+for its unit, so every item that enters the first step either leaves the last one or is listed
+in `dropped` (a step that breaks this chain raises).  Reasons read "category" or
+"category: detail"; `dropped_by_reason` counts categories (the text before ": "); the full
+reason stays in `dropped`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class PrepareStats:
+    """Accumulates the report of one prepare run; see module docstring."""
+
+    def __init__(self, command: str, inputs: dict[str, str]):
+        self.command = command
+        self.inputs = inputs
+        self.steps: list[dict] = []
+        self.dropped: list[dict] = []
+        self.removed_sentences: Counter[str] = Counter()
+        self.outputs: dict[str, dict[str, int]] = {}
+        self._first_in: dict[str, int] = {}
+        self._last_out: dict[str, int] = {}
+
+    def step(self, name: str, unit: str, items: Iterable[T], reason_of: Callable[[T], str | None],
+             id_of: Callable[[T], str]) -> list[T]:
+        """The items `reason_of` keeps (returns None for); the others are dropped with its reason."""
+        items = list(items)
+        kept, drops = [], []
+        for item in items:
+            reason = reason_of(item)
+            if reason is None:
+                kept.append(item)
+            else:
+                drops.append((id_of(item), reason))
+        self.add_step(name, unit, len(items), len(kept), drops)
+        return kept
+
+    def add_step(self, name: str, unit: str, n_in: int, n_out: int, drops: list[tuple[str, str]]) -> None:
+        """Record a step done elsewhere: `n_in` items in, `n_out` out, `drops` as (id, reason)."""
+        if unit in self._last_out and n_in != self._last_out[unit]:
+            raise RuntimeError(f"step {name!r} got {n_in} {unit}s but the previous step left {self._last_out[unit]}")
+        if n_in - n_out != len(drops):
+            raise RuntimeError(f"step {name!r}: {n_in} {unit}s in, {n_out} out, but {len(drops)} dropped")
+        for item_id, reason in drops:
+            self.dropped.append({"unit": unit, "id": item_id, "reason": reason})
+        self.steps.append({"step": name, "unit": unit, "in": n_in, "out": n_out})
+        self._first_in.setdefault(unit, n_in)
+        self._last_out[unit] = n_out
+
+    def to_dict(self) -> dict:
+        by_reason: dict[str, Counter[str]] = {}
+        for entry in self.dropped:
+            by_reason.setdefault(entry["unit"], Counter())[entry["reason"].split(": ")[0]] += 1
+        totals = {unit: {"in": n, "out": self._last_out[unit], "dropped": sum(by_reason.get(unit, Counter()).values())}
+                  for unit, n in self._first_in.items()}
+        return {
+            "command": self.command, "inputs": self.inputs, "steps": self.steps, "totals": totals,
+            "dropped_by_reason": {unit: dict(counts.most_common()) for unit, counts in by_reason.items()},
+            "removed_sentences": dict(self.removed_sentences.most_common()), "outputs": self.outputs,
+            "dropped": self.dropped,
+        }
+
+    def write(self, path: Path) -> dict:
+        """Write stats.json to `path`; returns its content."""
+        data = self.to_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+        return data
+
+
+def summary_lines(data: dict) -> list[str]:
+    """A few human-readable lines about a stats.json content (for the CLI)."""
+    lines = [f"{unit}s: {t['in']} in, {t['out']} out, {t['dropped']} dropped" for unit, t in data["totals"].items()]
+    for unit, counts in data["dropped_by_reason"].items():
+        lines += [f"  dropped {unit}s, {reason}: {n}" for reason, n in counts.items()]
+    lines += [f"  {split}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+              for split, counts in data["outputs"].items()]
+    return lines
