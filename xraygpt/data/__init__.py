@@ -1,1 +1,2 @@
-"""Data: preprocessing, datasets in XrayGPT layout, sampling, collation, synthetic data."""
+"""Data: preprocessing, datasets (XrayGPT, R2Gen and webdataset-shard formats), preparation of the
+raw MIMIC-CXR / OpenI releases, sampling, collation, synthetic data."""
