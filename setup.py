@@ -22,14 +22,15 @@ setup(
         "safetensors>=0.4",
         "webdataset>=0.2",
         "peft>=0.13",
-        "pillow>=10",
+        "pillow>=10.1",
         "numpy>=1.24",
         "tqdm>=4.66",
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8"],
-        "demo": ["gradio>=5"],
+        # the tests exercise the demo (gradio_client, a headless browser via selenium) and the metrics
+        "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2"],
+        "demo": ["gradio>=6,<7"],
         "eval": ["rouge-score>=0.1.2"],
     },
 )
