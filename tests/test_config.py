@@ -1,6 +1,8 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, tiny_config, write_yaml
 from xraygpt.config import ConfigError, load_config
@@ -138,3 +140,29 @@ def test_readme_documents_every_config_key(name):
                 walk(ds[proc][split], f"datasets.{ds_name}.{proc}.{split}")
     walk(cfg.run.lr_sched, "run.lr_sched")
     assert not missing, f"README.md does not document: {missing}"
+
+
+
+@dataclasses.dataclass
+class _DemoLike:
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+
+def test_entry_point_sections(tmp_path):
+    """evaluate/demo-style entry points: model + their own section, schema from a signature;
+    training sections they do not read are refused; training still requires its sections."""
+    base = yaml.safe_load((REPO / "train_configs" / "tiny_stage2.yaml").read_text())
+    settings = {"demo": _DemoLike}
+    path = write_yaml({"model": base["model"], "demo": {"port": 9000}}, tmp_path / "demo.yaml")
+    out = load_config(path, required=("model",), settings=settings)
+    assert out.demo.port == 9000 and out.demo.host == "127.0.0.1" and "run" not in out
+    path = write_yaml({"model": base["model"], "run": base["run"]}, tmp_path / "extra.yaml")
+    with pytest.raises(ConfigError, match="'run'.*reads: model, demo"):
+        load_config(path, required=("model",), settings=settings)
+    path = write_yaml({"model": base["model"], "demo": {"prot": 1}}, tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match="demo.prot"):
+        load_config(path, required=("model",), settings=settings)
+    path = write_yaml({"model": base["model"]}, tmp_path / "model_only.yaml")
+    with pytest.raises(ConfigError, match="missing required config key 'datasets'"):
+        load_config(path)

@@ -9,6 +9,11 @@ schema of each config section is derived from that signature (`signature_schema`
     datasets: {name: builder arguments + vis_processor/text_processor: {train|eval: {name, ...}}}
     run:      task, runner, lr_sched: {name, ...} + the runner's arguments.
 
+Entry points other than training (`evaluate.py`, `demo.py`) read `model` (and `datasets` when
+they need data) plus one section of their own, whose schema is the signature of the settings
+class they pass as `settings={"evaluation": EvaluationSettings}`; `required` names the sections
+that must be present (training: model, datasets, run).
+
 `load_config` merges and validates; any unknown key, missing required key or wrong type exits
 through `ConfigError` with a one-line message naming the key (and the closest valid key).
 """
@@ -125,13 +130,29 @@ def _split(node: DictConfig | dict, keys: tuple[str, ...]) -> tuple[dict, dict]:
     return picked, rest
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check a merged config (see module docstring); returns it with every default filled in."""
+TRAINING_SECTIONS = ("model", "datasets", "run")
+
+
+def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
+             settings: dict[str, Callable] | None = None) -> DictConfig:
+    """Check a merged config (see module docstring); returns it with every default filled in.
+
+    Args:
+        required: top-level sections that must be present (`model` always is).
+        settings: extra top-level sections of an entry point: {name: class or function whose
+            signature is the section's schema}.
+    """
     components.register_all()
+    settings = settings or {}
+    allowed = list(dict.fromkeys(["model", *required, *settings])) if settings else list(TRAINING_SECTIONS)
     for top in cfg.keys():
-        if top not in ("model", "datasets", "run"):
-            hint = registry.closest(str(top), ["model", "datasets", "run"])
-            raise ConfigError(f"unknown config key {top!r}" + (f" (did you mean {hint!r})" if hint else ""))
+        if top not in allowed:
+            hint = registry.closest(str(top), allowed)
+            raise ConfigError(f"unknown config key {top!r}" + (f" (did you mean {hint!r})" if hint else "")
+                              + f"; this entry point reads: {', '.join(allowed)}")
+    for top in required:
+        if top in settings and cfg.get(top) is None:
+            raise ConfigError(f"missing required config key {top!r}")
     out: dict[str, Any] = {}
 
     model = cfg.get("model")
@@ -149,8 +170,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         out_model[sec] = OmegaConf.to_container(_validate(picked.get(sec), signature_schema(fn, sec), f"model.{sec}"))
     out["model"] = out_model
 
+    for name, fn in settings.items():
+        out[name] = OmegaConf.to_container(_validate(cfg.get(name), signature_schema(fn, name), name))
+
     datasets = cfg.get("datasets")
     if not datasets:
+        if "datasets" not in required:
+            return OmegaConf.create(out)
         raise ConfigError("missing required config key 'datasets' (e.g. datasets.mimic.root)")
     out["datasets"] = {}
     for ds_name, ds_node in datasets.items():
@@ -182,6 +208,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         out["datasets"][ds_name] = ds_out
 
     run = cfg.get("run")
+    if run is None and "run" not in required:
+        return OmegaConf.create(out)
     if run is None:
         raise ConfigError("missing required config key 'run' (run.output_dir at least)")
     runner_name = run.get("runner", "runner_iter")
@@ -204,8 +232,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(out)
 
 
-def load_config(cfg_path: str | Path, options: list[str] | None = None) -> DictConfig:
-    """Load a YAML file, apply `key=value` overrides, validate (see module docstring)."""
+def load_config(cfg_path: str | Path, options: list[str] | None = None,
+                required: tuple[str, ...] = TRAINING_SECTIONS, settings: dict[str, Callable] | None = None) -> DictConfig:
+    """Load a YAML file, apply `key=value` overrides, validate (see module docstring and `validate`)."""
     path = Path(cfg_path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -221,4 +250,4 @@ def load_config(cfg_path: str | Path, options: list[str] | None = None) -> DictC
             user = OmegaConf.merge(user, OmegaConf.from_dotlist(list(options)))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"bad --options: {str(exc).splitlines()[0]}") from None
-    return validate(user)
+    return validate(user, required, settings)
