@@ -29,8 +29,9 @@ setup(
     ],
     extras_require={
         # the tests exercise the demo (gradio_client, a headless browser via selenium) and the metrics
-        "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2"],
+        "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2", "pydicom>=3"],
         "demo": ["gradio>=6,<7"],
+        "dicom": ["pydicom>=3"],
         "eval": ["rouge-score>=0.1.2"],
     },
 )

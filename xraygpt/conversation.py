@@ -8,7 +8,9 @@ Tokens are `[BOS] + tok(text before <ImageHere>) + [IMAGE_TOKEN_ID] * N + tok(te
 for the prompt, then `tok(summary + end_sym)` truncated to `max_txt_len` for the target.  The
 loss covers only the target tokens.  Multi-turn conversations (stage 0, chat) repeat the
 template per turn (`encode_dialogue`).  Generation encodes prompts with the same function, so
-the model sees identical token boundaries in training and at inference.
+the model sees identical token boundaries in training and at inference.  The chat
+(`xraygpt.chat`) puts `IMAGE_TAG` before the first question it keeps and streams answers
+through `decode_partial_answer`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from xraygpt.constants import (
     IMAGE_PLACEHOLDER,
     IMAGE_TOKEN_ID,
 )
+
+
+# How an instruction carries the image, as in every line of prompts/*.txt.
+IMAGE_TAG = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
+
+
+def with_image(question: str) -> str:
+    """`question` as the turn that carries the image: `<Img><ImageHere></Img> {question}`."""
+    return f"{IMAGE_TAG} {question}"
 
 
 class PromptFileError(ValueError):
@@ -96,13 +107,15 @@ class PromptTokenizer:
     def _tok(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
-    def encode_dialogue(self, turns: list[tuple[str, str | None]], system: str | None = None) -> tuple[list[int], list[int]]:
+    def encode_dialogue(self, turns: list[tuple[str, str | None]], system: str | None = None,
+                        truncate_answers: bool = True) -> tuple[list[int], list[int]]:
         """(input_ids, labels) for a conversation of (user, assistant) turns.
 
         The first user turn is preceded by BOS and the system text (`system`, or the format's).  An assistant answer is
         followed by `end_sym` and is the only part with labels (each answer truncated to
-        `max_txt_len` tokens); a last answer of None leaves the ids ending in the assistant
-        prompt, ready for generation.  `<ImageHere>` may appear once in the whole dialogue and
+        `max_txt_len` tokens unless `truncate_answers` is False, as the chat's history
+        needs: a cut answer would lose its end symbol); a last answer of None leaves the ids
+        ending in the assistant prompt, ready for generation.  `<ImageHere>` may appear once in the whole dialogue and
         becomes `num_image_tokens` IMAGE_TOKEN_IDs.  When the template starts with `end_sym`
         (the paper's `###Doctor:`), later turns reuse the end symbol that closed the previous
         answer instead of repeating it, as the chat renders it.
@@ -132,7 +145,7 @@ class PromptTokenizer:
                 if i != len(turns) - 1:
                     raise ValueError("only the last turn may lack an answer")
                 break
-            target = self.encode_target(answer)
+            target = self.encode_target(answer) if truncate_answers else self._tok(answer + end)
             ids += target
             labels += target
         return ids, labels
@@ -155,6 +168,19 @@ class PromptTokenizer:
 
     def decode_answer(self, token_ids: list[int]) -> str:
         """Generated ids -> clean text: special tokens dropped, cut at the end symbol, stripped."""
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        text = text.split(self.format.end_sym)[0]
-        return text.replace("Assistant:", "").strip()
+        return self._clean_answer(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def decode_partial_answer(self, token_ids: list[int]) -> str:
+        """`decode_answer` for an answer still being generated: until the end symbol is complete,
+        a trailing part of it (e.g. `#` or `##` of `###`) is held back rather than shown, and so
+        is a trailing incomplete UTF-8 character (decoded as U+FFFD until its last byte comes)."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip("\ufffd")
+        end = self.format.end_sym
+        if end not in text:
+            held = next((k for k in range(len(end) - 1, 0, -1) if text.endswith(end[:k])), 0)
+            text = text[: len(text) - held]
+        return self._clean_answer(text)
+
+    def _clean_answer(self, text: str) -> str:
+        """Text cut at the end symbol, without a stray `Assistant:` label, stripped."""
+        return text.split(self.format.end_sym)[0].replace("Assistant:", "").strip()

@@ -1,0 +1,74 @@
+"""Chat with a trained model in the browser: `python demo.py --cfg-path eval_configs/demo_tiny.yaml`.
+
+Serves on http://127.0.0.1:7860 by default; settings come from the config's `demo:` section,
+overridden by the flags below.  Offline by construction: no analytics, no telemetry, no hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from xraygpt import builders  # noqa: E402
+from xraygpt.training.distributed import resolve_device  # noqa: E402
+from xraygpt.ui.settings import demo_settings, load_demo_config  # noqa: E402
+
+# demo.<key> set by the flag of the same name when given
+FLAGS = ("host", "port", "auth_file", "concurrency_limit")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg-path", required=True, help="demo YAML (eval_configs/demo_*.yaml)")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. demo.max_new_tokens=80 model.ckpt=run/checkpoints/checkpoint_last.pt")
+    parser.add_argument("--host", help="interface to bind (demo.host; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (demo.port; default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (demo.share)")
+    parser.add_argument("--auth-file", help="file of user:password lines; asks for a login (demo.auth_file)")
+    parser.add_argument("--concurrency-limit", type=int, help="answers generated at once (demo.concurrency_limit)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for start-up errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes of 127.0.0.1
+    flags = [f"demo.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
+    flags += ["demo.share=true"] if args.share else []
+    try:
+        cfg = load_demo_config(args.cfg_path, [*args.options, *flags])
+        if args.print_config:
+            sys.stdout.write(OmegaConf.to_yaml(cfg))
+            return 0
+        settings = demo_settings(cfg)
+        settings.auth()  # a bad auth file fails here, before the model loads
+        model = builders.build_model(cfg.model).to(resolve_device(settings.device)).eval()
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from xraygpt.ui.app import build_app, launch  # Gradio is imported only to serve
+
+    try:
+        launch(build_app(model, settings), settings)
+    except OSError as exc:  # the port is taken, the host is not an interface of this machine, ...
+        print(f"error: cannot serve on {settings.host}:{settings.port}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

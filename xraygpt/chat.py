@@ -1,0 +1,247 @@
+"""Multi-turn chat about one chest X-ray: the training template, the one splice, streamed answers.
+
+A `ChatSession` belongs to one user and holds
+- `image_tokens`: the projected image tokens (1, N, Dl) of the current image, computed once per
+  image by `set_image`;
+- `turns`: the finished (question, answer) pairs about that image.
+
+`stream_reply(question, settings)` encodes the kept turns plus the new question with
+`PromptTokenizer.encode_dialogue` (the template of training; the image, `<Img><ImageHere></Img>`,
+leads the first turn kept), splices the image tokens into the (1, L, Dl) token embeddings with
+`embed_with_images` (the function training and batch generation use) and runs the LLM's
+`generate` in a thread.  It yields the answer so far after each new token (once, at the end,
+with beam search, which transformers cannot stream).  Generation stops at the end symbol, which
+is never shown.
+
+Context window: the prompt plus `max_new_tokens` must fit in the LLM's context.  The oldest
+turns are dropped first, for good (the window only moves forward); the image never is.  A
+question that does not fit even alone with the image is refused (`ChatInputError`), not cut.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from typing import Iterator
+
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from xraygpt.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
+from xraygpt.conversation import with_image
+from xraygpt.data.transforms import MedCLIPImageEval
+from xraygpt.models.multimodal import embed_with_images
+
+logger = logging.getLogger(__name__)
+
+
+class ChatInputError(ValueError):
+    """A request the chat cannot serve, explained for the user in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """How one answer is generated (the demo's defaults are in `xraygpt.ui.settings.DemoSettings`).
+
+    Args:
+        max_new_tokens: most tokens in the answer (the end symbol included).
+        num_beams: 1 streams token by token; more runs beam search and shows the answer at the end.
+        temperature: 0 = deterministic (greedy or beam search); > 0 samples at this temperature.
+    """
+
+    max_new_tokens: int
+    num_beams: int
+    temperature: float
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ChatInputError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ChatInputError(f"beams must be at least 1, got {self.num_beams}")
+        if not self.temperature >= 0:
+            raise ChatInputError(f"temperature must be 0 or more, got {self.temperature}")
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of transformers' `generate`."""
+        sample = self.temperature > 0
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": sample,
+                "temperature": self.temperature if sample else None, "top_p": None, "top_k": None}
+
+
+class _TokenQueue(BaseStreamer):
+    """Hands each new token id list of `generate` to a queue; the first call (the prompt) is skipped."""
+
+    def __init__(self, sink: queue.Queue):
+        self.sink = sink
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt_seen:
+            self.sink.put(value.reshape(-1).tolist())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        """Nothing to flush: the generating thread signals the end itself (also after an error)."""
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation once `event` is set (the reader went away: reset, closed tab, new question)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+_DONE = object()
+
+
+class ChatSession:
+    """One user's conversation about one image with a shared, frozen `XrayGPT` model.
+
+    Args:
+        model: the `xraygpt` model (read only; sessions share it).
+        context_window: tokens the LLM attends to (prompt + answer); 0 = the LLM's
+            `max_position_embeddings`.
+    """
+
+    def __init__(self, model, context_window: int = 0):
+        self.model = model
+        self.prompt_tokenizer = model.prompt_tokenizer
+        self.process = MedCLIPImageEval(model.encoder.image_size)
+        self.context_window = context_window or model.llm.config.max_position_embeddings
+        self.image_tokens: torch.Tensor | None = None
+        self.turns: list[tuple[str, str]] = []
+        self.dropped_turns = 0
+
+    def reset(self) -> None:
+        """Forget the image and the conversation."""
+        self.image_tokens = None
+        self.turns = []
+        self.dropped_turns = 0
+
+    @torch.no_grad()
+    def set_image(self, image: Image.Image) -> None:
+        """Start a conversation about `image` (any PIL mode, any size): preprocessed to
+        (1, 3, S, S) pixels, encoded and projected once to `image_tokens` (1, N, Dl)."""
+        pixels = self.process(image).unsqueeze(0)
+        self.image_tokens = self.model.encode_images(pixels)
+        self.turns = []
+        self.dropped_turns = 0
+
+    def _encode(self, turns: list[tuple[str, str]], question: str) -> list[int]:
+        dialogue: list[tuple[str, str | None]] = [*turns, (question, None)]
+        first_question, first_answer = dialogue[0]
+        dialogue[0] = (with_image(first_question), first_answer)
+        return self.prompt_tokenizer.encode_dialogue(dialogue, truncate_answers=False)[0]
+
+    def check_question(self, question: str) -> str:
+        """The stripped question, or ChatInputError saying why it cannot be asked."""
+        question = question.strip()
+        if not question:
+            raise ChatInputError("The question is empty: please type a question.")
+        if self.image_tokens is None:
+            raise ChatInputError("Please upload a chest X-ray first: questions are about an image.")
+        end = self.prompt_tokenizer.format.end_sym
+        for reserved in (IMAGE_PLACEHOLDER, end):
+            if reserved in question:
+                raise ChatInputError(f"The question contains {reserved!r}, which the model's prompt template "
+                                     "reserves; please rephrase without it.")
+        return question
+
+    def prompt_ids(self, question: str, max_new_tokens: int) -> list[int]:
+        """Prompt ids for `question` after the most recent turns that fit with `max_new_tokens`.
+
+        Older turns that do not fit are dropped from the session for good.  Raises
+        ChatInputError when the question does not fit even as the only turn.
+        """
+        budget = self.context_window - max_new_tokens
+        for start in range(len(self.turns) + 1):
+            ids = self._encode(self.turns[start:], question)
+            if len(ids) <= budget:
+                if start:
+                    self.turns = self.turns[start:]
+                    self.dropped_turns += start
+                    logger.info("dropped the %d oldest turn(s) to fit the context window of %d tokens",
+                                start, self.context_window)
+                return ids
+        frame = len(self._encode([], ""))
+        raise ChatInputError(
+            f"The question is too long and was not sent: it takes {len(ids) - frame} tokens, "
+            f"but with the image, the template and {max_new_tokens} new tokens only {max(budget - frame, 0)} fit in the "
+            f"model's context window of {self.context_window} tokens. Please shorten it (or lower max new tokens).")
+
+    @torch.no_grad()
+    def embed_prompt(self, ids: list[int]) -> torch.Tensor:
+        """(1, L, Dl) input embeddings of L prompt ids with the image tokens spliced into their sentinels."""
+        input_ids = torch.tensor([ids], device=self.model.device)
+        return embed_with_images(self.model.llm.get_input_embeddings(), input_ids, self.image_tokens,
+                                 IMAGE_TOKEN_ID, fill_id=self.model.tokenizer.pad_token_id)
+
+    def stream_reply(self, question: str, settings: GenerationSettings) -> Iterator[str]:
+        """An iterator of the answer to `question` as it grows (cleaned, without the end symbol).
+
+        The question is checked and the prompt built now: ChatInputError (see `check_question`,
+        `prompt_ids`) is raised by this call, before anything is generated.  The finished
+        answer is recorded as a turn; closing the iterator early stops generation.
+        """
+        question = self.check_question(question)
+        embeds = self.embed_prompt(self.prompt_ids(question, settings.max_new_tokens))
+        return self._stream(question, embeds, settings)
+
+    def _stream(self, question: str, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
+        generated: list[int] = []
+        shown = None
+        for generated in self._generate(embeds, settings):
+            text = self.prompt_tokenizer.decode_partial_answer(generated)
+            if text != shown:
+                shown = text
+                yield text
+        answer = self.prompt_tokenizer.decode_answer(generated)
+        self.turns.append((question, answer))
+        if answer != shown:
+            yield answer
+
+    def _generate(self, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[list[int]]:
+        """Run `generate` on (1, L, Dl) `embeds` in a thread; yield the ids generated so far."""
+        results: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        stream = settings.num_beams == 1
+        tokenizer = self.model.tokenizer
+
+        def work() -> None:
+            try:
+                out = self.model.llm.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+                    streamer=_TokenQueue(results) if stream else None,
+                    stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                    stop_strings=[self.prompt_tokenizer.format.end_sym],
+                    tokenizer=tokenizer,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **settings.generate_kwargs(),
+                )
+                if not stream:
+                    results.put(out[0].tolist())
+            except Exception as exc:  # handed to the reader, which raises it
+                results.put(exc)
+            finally:
+                results.put(_DONE)
+
+        thread = threading.Thread(target=work, name="xraygpt-generate", daemon=True)
+        thread.start()
+        generated: list[int] = []
+        try:
+            while (item := results.get()) is not _DONE:
+                if isinstance(item, Exception):
+                    raise item
+                generated += item
+                yield generated
+        finally:
+            cancel.set()

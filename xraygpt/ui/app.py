@@ -1,0 +1,264 @@
+"""The Gradio 6 chat UI over one shared model: `build_app(model, settings)`, `launch(app, settings)`.
+
+Layout: the research-use disclaimer; on the left the upload (`gr.File`, so that any file reaches
+our checks: PNG/JPEG, DICOM with pydicom), a preview, Summarise / Reset, the generation controls
+and example images; on the right a messages-format `gr.Chatbot` and the question box.
+
+Events (also the gradio_client API): `/upload` (file -> preview, then the summary streamed when
+`auto_summary`), `/summarize`, `/ask` (question), `/reset`.  The model events share one queue
+concurrency group of `concurrency_limit`; each user's `ChatSession` (image tokens + turns) and
+chat messages live in a `gr.State`.  Handlers never raise: bad input and failures become a chat
+message starting with `NOTICE` (failures are also logged with their traceback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+from PIL import Image
+
+from xraygpt.chat import ChatInputError, ChatSession, GenerationSettings
+from xraygpt.data.transforms import to_grayscale
+from xraygpt.ui.settings import DemoSettings
+from xraygpt.ui.uploads import UploadError, read_xray
+
+logger = logging.getLogger(__name__)
+
+NOTICE = "⚠️"
+DISCLAIMER = (
+    "**Research tool, not a diagnosis.** This model summarises chest X-rays for research on "
+    "vision-language models. Its answers can be wrong or invented; do not use them for any "
+    "clinical decision, and do not upload identifiable patient data."
+)
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+PREVIEW_SIDE = 512
+
+
+@dataclasses.dataclass
+class UserState:
+    """One browser tab's (or API client's) conversation: the chat session and the shown messages.
+
+    `busy` is held while a request of this user runs, so that two of them (say, Ask pressed
+    while the summary is still streaming) never write the same session at once.
+    """
+
+    session: ChatSession
+    messages: list[dict] = dataclasses.field(default_factory=list)
+    busy: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def notice(text: str) -> dict:
+    """A chat message from the app (not the model) telling the user what happened."""
+    return {"role": "assistant", "content": f"{NOTICE} {text}"}
+
+
+def example_images(sources: tuple[str, ...], count: int) -> list[Path]:
+    """Up to `count` images (sorted by name) from each existing folder of `sources`; files as given."""
+    found = []
+    for source in map(Path, sources):
+        if source.is_file():
+            found.append(source)
+        elif source.is_dir():
+            found += sorted(p for p in source.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)[:count]
+        else:
+            logger.info("example images: %s is absent, skipped", source)
+    return found
+
+
+def preview_of(image: Image.Image) -> Image.Image:
+    """An 8-bit grayscale copy at most PREVIEW_SIDE pixels per side, for display."""
+    preview = to_grayscale(image)
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return preview
+
+
+def one_request_at_a_time(handler):
+    """Run a handler only when the user's previous request has finished; otherwise say so.
+
+    Handlers take (..., user: UserState) and yield (messages, preview, question box, user); the
+    lock is released when the handler ends or is closed (Reset cancels it, a tab closes).
+    """
+
+    @functools.wraps(handler)
+    def guarded(self, *args):
+        user = self._user(args[-1])
+        if not user.busy.acquire(blocking=False):
+            user.messages.append(notice("Please wait until the current answer is finished (or press Reset)."))
+            yield list(user.messages), gr.skip(), gr.skip(), user
+            return
+        try:
+            yield from handler(self, *args[:-1], user)
+        finally:
+            user.busy.release()
+
+    return guarded
+
+
+class Handlers:
+    """The event handlers; `model` is shared by every user, each user's state is a `UserState`.
+
+    upload, summarize and ask yield (chat messages, preview, question box, user state), with
+    `gr.skip()` for what they leave unchanged.
+    """
+
+    def __init__(self, model, settings: DemoSettings):
+        self.model = model
+        self.settings = settings
+
+    def _user(self, state: UserState | None) -> UserState:
+        return state if state is not None else UserState(ChatSession(self.model, self.settings.context_window))
+
+    def _reply(self, user: UserState, question: str, controls: tuple) -> Iterator[str | None]:
+        """Add `question` and its streamed answer to `user.messages`, yielding after each change.
+
+        Each yield is the value for the question box: "" once the question is accepted (a
+        refused question stays in the box, to be edited), else None (leave it).
+        """
+        messages, dropped = user.messages, user.session.dropped_turns
+        try:
+            temperature, num_beams, max_new_tokens = controls
+            settings = GenerationSettings(int(max_new_tokens), int(num_beams), float(temperature))
+            replies = user.session.stream_reply(question or "", settings)
+        except (ChatInputError, TypeError, ValueError) as exc:
+            messages.append(notice(str(exc)))
+            yield None
+            return
+        messages += [{"role": "user", "content": question.strip()}, {"role": "assistant", "content": ""}]
+        slot = len(messages) - 1
+        yield ""
+        try:
+            for text in replies:
+                messages[slot] = {"role": "assistant", "content": text}
+                yield None
+        except Exception as exc:
+            logger.exception("generation failed")
+            messages[slot] = notice(f"Generation failed ({type(exc).__name__}: {str(exc)[:200]}). "
+                                    "The server keeps running; please try again.")
+            yield None
+            return
+        if not messages[slot]["content"]:
+            messages[slot] = notice("The model ended its answer without any text; try again or raise the temperature.")
+            yield None
+        if user.session.dropped_turns > dropped:
+            messages.append(notice(f"The {user.session.dropped_turns - dropped} oldest exchange(s) no longer fit "
+                                   "in the model's context window and were forgotten (the image is kept)."))
+            yield None
+
+    @one_request_at_a_time
+    def upload(self, file: str | None, temperature: float, num_beams: int, max_new_tokens: int, user: UserState):
+        """A new image: read, check and encode it, show it, then (with auto_summary) stream a summary."""
+        if file is None:  # the upload was cleared (e.g. by Reset)
+            yield gr.skip(), gr.skip(), gr.skip(), user
+            return
+        problem = None
+        try:
+            image = read_xray(file, self.settings.max_image_pixels, self.settings.min_image_side)
+            user.session.set_image(image)
+        except UploadError as exc:
+            problem = str(exc)
+        except Exception as exc:
+            logger.exception("could not process the upload %s", file)
+            problem = f"Could not process {Path(file).name!r} ({type(exc).__name__})."
+        if problem:
+            user.session.reset()
+            user.messages.append(notice(f"{problem} No image is loaded now."))
+            yield list(user.messages), None, gr.skip(), user
+            return
+        user.messages = []
+        yield [], preview_of(image), gr.skip(), user
+        if not self.settings.auto_summary:
+            user.messages.append(notice("Image loaded: press Summarise or ask a question."))
+            yield list(user.messages), gr.skip(), gr.skip(), user
+            return
+        for _ in self._reply(user, self.settings.summary_instruction, (temperature, num_beams, max_new_tokens)):
+            yield list(user.messages), gr.skip(), gr.skip(), user
+
+    @one_request_at_a_time
+    def summarize(self, temperature: float, num_beams: int, max_new_tokens: int, user: UserState):
+        """Ask for a summary of the current image."""
+        for _ in self._reply(user, self.settings.summary_instruction, (temperature, num_beams, max_new_tokens)):
+            yield list(user.messages), gr.skip(), gr.skip(), user
+
+    @one_request_at_a_time
+    def ask(self, question: str, temperature: float, num_beams: int, max_new_tokens: int, user: UserState):
+        """A follow-up question about the current image."""
+        for box in self._reply(user, question, (temperature, num_beams, max_new_tokens)):
+            yield list(user.messages), gr.skip(), gr.skip() if box is None else box, user
+
+    def reset(self, state: UserState | None):
+        """Forget the image and the conversation (at any time: running requests are cancelled)."""
+        user = self._user(state)
+        user.session.reset()
+        user.messages = []
+        return [], None, None, "", user
+
+
+def build_app(model, settings: DemoSettings) -> gr.Blocks:
+    """The demo's Blocks (not launched) over `model`, an `XrayGPT` in eval mode on its device."""
+    handlers = Handlers(model, settings)
+    window = settings.context_window or model.llm.config.max_position_embeddings
+    with gr.Blocks(title="XrayGPT demo", analytics_enabled=False) as app:
+        gr.Markdown("# XrayGPT: chest X-ray summaries and questions")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        state = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=2):
+                upload = gr.File(label="Chest X-ray (PNG or JPEG; DICOM with pydicom)", type="filepath",
+                                 elem_id="upload")
+                preview = gr.Image(label="Image", type="pil", format="png", interactive=False, height=320,
+                                   elem_id="preview")
+                with gr.Row():
+                    summarize = gr.Button("Summarise", variant="primary", elem_id="summarize")
+                    reset = gr.Button("Reset", elem_id="reset")
+                temperature = gr.Slider(0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature",
+                                        info="0 = deterministic; higher = more varied")
+                num_beams = gr.Slider(1, 5, value=settings.num_beams, step=1, label="Beams",
+                                      info="more than 1: beam search, answer shown when complete")
+                max_new_tokens = gr.Slider(1, max(settings.max_new_tokens, window // 2), value=settings.max_new_tokens,
+                                           step=1, label="Max new tokens")
+                examples = example_images(settings.examples, settings.num_examples)
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Example images")
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Conversation", elem_id="chat", height=520,
+                                  placeholder="Upload a chest X-ray for a summary, then ask follow-up questions.")
+                question = gr.Textbox(label="Question", placeholder="e.g. Is there any pleural effusion?",
+                                      elem_id="question", max_lines=4)
+                ask = gr.Button("Ask", elem_id="ask")
+        controls = [temperature, num_beams, max_new_tokens]
+        outputs = [chat, preview, question, state]
+        shared = {"outputs": outputs, "concurrency_limit": settings.concurrency_limit, "concurrency_id": "model",
+                  "show_progress": "minimal"}
+        events = [
+            upload.change(handlers.upload, [upload, *controls, state], api_name="upload", **shared),
+            summarize.click(handlers.summarize, [*controls, state], api_name="summarize", **shared),
+            ask.click(handlers.ask, [question, *controls, state], api_name="ask", **shared),
+            question.submit(handlers.ask, [question, *controls, state], api_visibility="private", **shared),
+        ]
+        clears = [chat, upload, preview, question, state]
+        reset.click(handlers.reset, [state], clears, api_name="reset", cancels=events, concurrency_limit=None)
+        for cleared in (chat, upload):  # the chat's bin and the upload's x also start over
+            cleared.clear(handlers.reset, [state], clears, api_visibility="private", cancels=events,
+                          concurrency_limit=None)
+    app.queue(max_size=settings.max_queue_size, default_concurrency_limit=settings.concurrency_limit)
+    return app
+
+
+def launch(app: gr.Blocks, settings: DemoSettings, block: bool = True) -> None:
+    """Serve `app` on settings.host:port and log its address; returns at once with `block=False` (tests)."""
+    allowed = [str(Path(p).resolve()) for p in settings.examples if Path(p).exists()]
+    app.launch(
+        server_name=settings.host, server_port=settings.port, share=settings.share, auth=settings.auth(),
+        max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=allowed, prevent_thread_lock=True,
+        ssr_mode=False, quiet=True, footer_links=["api"], pwa=False, mcp_server=False,
+    )
+    logger.info("demo serving on %s%s (concurrency limit %d)", app.local_url,
+                f" and {app.share_url}" if app.share_url else "", settings.concurrency_limit)
+    if block:
+        app.block_thread()
