@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import evaluate
 from conftest import REPO, tiny_config, write_yaml
 from xraygpt.config import ConfigError, load_config
 from xraygpt.ui.settings import load_demo_config
@@ -21,6 +22,11 @@ def test_every_yaml_loads_and_validates(path):
     if path.name.startswith("demo_"):  # demo.py's configs: model + demo (xraygpt/ui/settings.py)
         cfg = load_demo_config(path)
         assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.demo.host == "127.0.0.1"
+        return
+    if path.parent.name == "eval_configs":  # evaluate.py's configs: model + datasets + evaluation
+        cfg = evaluate.load_eval_config(path)
+        assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.evaluation.output_dir
+        assert "max_txt_len" in cfg.model.prompt and "bootstrap_resamples" in cfg.evaluation
         return
     cfg = load_config(path)
     assert cfg.model.arch in ("xraygpt", "llm_sft")
@@ -171,3 +177,12 @@ def test_entry_point_sections(tmp_path):
     path = write_yaml({"model": base["model"]}, tmp_path / "model_only.yaml")
     with pytest.raises(ConfigError, match="missing required config key 'datasets'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name,section", [("tiny_eval.yaml", "evaluation"), ("demo_tiny.yaml", "demo")])
+def test_readme_documents_every_entry_point_key(name, section):
+    readme = (REPO / "README.md").read_text()
+    path = REPO / "eval_configs" / name
+    cfg = load_demo_config(path) if section == "demo" else evaluate.load_eval_config(path)
+    missing = [key for key in cfg[section] if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not document {section}: {missing}"

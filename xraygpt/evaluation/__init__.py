@@ -1,1 +1,13 @@
-"""Evaluation: perplexity of the LLM, finding-level scores of generated summaries."""
+"""Evaluation: batch generation, report metrics, the CheXpert-style labeler, perplexity, synthetic findings.
+
+    generate          batched generation over a dataset, with image ablations
+    evaluator         `ReportEvaluator` behind evaluate.py: generation (resumable, torchrun) + metrics
+    predictions       predictions.jsonl / .csv files, resume and merging of ranks
+    report_metrics    every metric of a predictions file, bootstrap intervals, tables
+    rouge, caption_metrics, clinical, bootstrap, text    the metrics and the text clean-up they share
+    chexpert_rules    the rule labeler (phrase lists in phrases/), also a CLI
+    plugins           optional BERTScore / CheXbert / RadGraph from local weights
+    compare           several predictions files side by side
+    perplexity        held-out perplexity of a stage-0 LLM
+    findings          finding-level P/R/F1 of the synthetic learnability task
+"""

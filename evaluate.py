@@ -1,0 +1,94 @@
+"""Generate summaries for a split and score them: `python evaluate.py --cfg-path eval_configs/tiny_eval.yaml`.
+
+Also under torchrun (`torchrun --nproc-per-node N evaluate.py --cfg-path ...`: data-parallel
+generation, merged and scored on rank 0), and
+`python evaluate.py compare A/predictions.jsonl B/predictions.jsonl [--names A B]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from xraygpt import builders  # noqa: E402
+from xraygpt.config import load_config  # noqa: E402
+from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
+from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
+from xraygpt.training import distributed  # noqa: E402
+
+ERRORS = (ValueError, KeyError, FileNotFoundError, ImportError)
+
+
+def load_eval_config(path: str | Path, options: list[str] | None = None):
+    """An evaluation config: `model`, `datasets` (each `root` is the split evaluated) and `evaluation`."""
+    return load_config(path, options, required=("model", "datasets", "evaluation"), settings={"evaluation": ReportEvaluator})
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if argv[:1] == ["compare"]:
+        parser.add_argument("command", choices=["compare"])
+        parser.add_argument("predictions", nargs="+", type=Path, help="two or more predictions.jsonl")
+        parser.add_argument("--names", nargs="+", default=None, help="one column name per file")
+        parser.add_argument("--phrases-dir", default=None, help="phrase lists replacing the labeler's own")
+    else:
+        parser.add_argument("--cfg-path", required=True, help="evaluation YAML (eval_configs/*.yaml)")
+        parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+        parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    return parser.parse_args(argv)
+
+
+def evaluated_splits(cfg) -> dict:
+    """The `datasets` section with each `root` (and `split`) as the held-out split `build_datasets` reads."""
+    datasets = OmegaConf.to_container(cfg.datasets)
+    for name, ds in datasets.items():
+        if ds["eval_root"]:
+            raise ValueError(f"datasets.{name}.eval_root is not read by evaluate.py: put the split to evaluate in "
+                             f"datasets.{name}.root")
+        ds.update(eval_root=ds["root"], eval_split=ds["split"])
+    return datasets
+
+
+def evaluate(cfg) -> str | None:
+    """Build the model (with its trained checkpoint) and the split, generate, score; the table on rank 0."""
+    if not cfg.model.ckpt:
+        raise ValueError("model.ckpt is not set: evaluation needs the trained projection checkpoint")
+    datasets = evaluated_splits(cfg)
+    model = builders.build_model(cfg.model, cfg.evaluation.seed)
+    dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer)
+    evaluator = ReportEvaluator(model=model, **OmegaConf.to_container(cfg.evaluation))
+    return evaluator.run(dataset, [Path(ds["root"]) for ds in datasets.values()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    distributed.setup_logging(int(os.environ.get("RANK", "0")))
+    try:
+        if getattr(args, "command", None) == "compare":
+            table = compare_predictions(args.predictions, args.names, args.phrases_dir)[0]
+        else:
+            cfg = load_eval_config(args.cfg_path, args.options)
+            table = OmegaConf.to_yaml(cfg) if args.print_config else evaluate(cfg)
+    except ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"error: {(str(exc) or type(exc).__name__).splitlines()[0]}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.cleanup()
+    if table:
+        sys.stdout.write(table.rstrip("\n") + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""evaluate.py end to end on the tiny model: outputs, resume, torchrun, compare mode, bad input, configs."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import evaluate
+from conftest import REPO, tiny_config, write_yaml
+from xraygpt.training.checkpoint import atomic_save
+
+EVAL_YAMLS = sorted(p for p in (REPO / "eval_configs").glob("*.yaml") if not p.name.startswith("demo"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-model generation is fastest on one thread, and steady on a shared machine (no OpenMP spin-waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_factory, tmp_path_factory):
+    """A trained-projection checkpoint for the tiny model, as the runner writes it."""
+    model = tiny_model_factory(seed=1)
+    torch.nn.init.normal_(model.projector.proj.weight, std=0.05)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint_last.pt"
+    atomic_save({"model": model.trainable_state_dict(), "step": 1}, path)
+    return path
+
+
+def eval_config(assets, ckpt, out, split=None, **evaluation) -> dict:
+    model = tiny_config(assets, out)["model"]
+    model["ckpt"] = str(ckpt)
+    dataset = {"root": str(split or assets["val"]), "prompt_path": str(assets["prompts"]),
+               "vis_processor": {"eval": {"name": "medclip_image_eval", "image_size": 112}}}
+    settings = {"output_dir": str(out), "batch_size": 4, "max_new_tokens": 8, "bootstrap_resamples": 20,
+                "progress": False, **evaluation}
+    return {"model": model, "datasets": {"openi": dataset}, "evaluation": settings}
+
+
+def run_main(cfg, path, capsys, options=()):
+    argv = ["--cfg-path", str(write_yaml(cfg, path))] + (["--options", *options] if options else [])
+    code = evaluate.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def read_rows(out):
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_assets, checkpoint, tmp_path_factory):
+    """One evaluation of the 8-image split through evaluate.main: (output_dir, stdout)."""
+    out = tmp_path_factory.mktemp("eval") / "out"
+    cfg_path = write_yaml(eval_config(tiny_assets, checkpoint, out), out.parent / "eval.yaml")
+    import io
+    from contextlib import redirect_stdout
+
+    stdout = io.StringIO()
+    with redirect_stdout(stdout):
+        assert evaluate.main(["--cfg-path", str(cfg_path)]) == 0
+    return out, stdout.getvalue()
+
+
+def test_one_command_writes_every_output(single_run, tiny_assets):
+    out, stdout = single_run
+    ids = [a["image_id"] for a in json.loads((tiny_assets["val"] / "filter_cap.json").read_text())["annotations"]]
+    rows = read_rows(out)
+    assert [r["image_id"] for r in rows] == ids
+    assert all({"image_id", "report_id", "instruction", "prediction", "reference"} <= set(r) for r in rows)
+    assert all("<ImageHere>" in r["instruction"] and r["reference"] for r in rows)
+    for name, field in (("predictions.csv", "prediction"), ("references.csv", "reference")):
+        with (out / name).open(newline="") as f:
+            table = list(csv.reader(f))
+        assert table[0] == ["study_id", "report"]
+        assert table[1:] == [[r["image_id"], r[field]] for r in rows]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_scored"] == 8 and metrics["skipped"]["count"] == 0
+    assert {"ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4", "CIDEr-D", "CE micro F1 (14)"} <= set(metrics["headline"])
+    assert metrics["confidence_intervals"]["resamples"] == 20
+    assert set(metrics["clinical_efficacy"]) >= {"labeler", "positive_only", "uncertain_as_positive"}
+    assert all(v.startswith("skipped: ") for v in metrics["plugins"].values())
+    assert metrics["generation"]["max_new_tokens"] == 8 and metrics["generation"]["num_beams"] == 1
+    assert "ROUGE-L" in stdout and "95% CI" in stdout and "8 samples scored" in stdout
+    assert not list(out.glob("predictions.part*"))
+
+
+def test_resume_skips_predicted_ids_and_reads_a_killed_runs_parts(tiny_assets, checkpoint, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    ids = [a["image_id"] for a in json.loads((tiny_assets["val"] / "filter_cap.json").read_text())["annotations"]]
+    # what a run killed mid-batch leaves: a finished row and a half-written line in a rank's part file
+    (out / "predictions.part1.jsonl").write_text(
+        json.dumps({"image_id": ids[2], "prediction": "MARKER", "reference": "ref", "instruction": "i"}) + "\n"
+        + '{"image_id": "' + ids[3] + '", "predic')
+    cfg = eval_config(tiny_assets, checkpoint, out)
+    caplog.set_level("INFO")
+    assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
+    assert "8 images in the split, 1 already predicted" in caplog.text
+    rows = read_rows(out)
+    assert [r["image_id"] for r in rows] == ids and rows[2]["prediction"] == "MARKER"
+    assert not list(out.glob("predictions.part*"))
+    caplog.clear()
+    assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
+    assert "8 already predicted" in caplog.text and "0 to generate" in caplog.text
+    assert read_rows(out) == rows and (out / "metrics.json").is_file()
+
+
+def test_torchrun_two_processes_match_one(single_run, tiny_assets, checkpoint, tmp_path):
+    out = tmp_path / "two"
+    cfg_path = write_yaml(eval_config(tiny_assets, checkpoint, out, batch_size=3), tmp_path / "two.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
+         str(REPO / "evaluate.py"), "--cfg-path", str(cfg_path)],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ROUGE-1") == 1  # the table comes from rank 0 only
+    assert read_rows(out) == read_rows(single_run[0])
+    assert json.loads((out / "metrics.json").read_text())["headline"] == \
+        json.loads((single_run[0] / "metrics.json").read_text())["headline"]
+
+
+def test_compare_mode(single_run, tmp_path, capsys):
+    rows = read_rows(single_run[0])
+    other = tmp_path / "blank" / "predictions.jsonl"
+    other.parent.mkdir()
+    edited = [{**r, "prediction": ""} if k % 2 else r for k, r in enumerate(rows[:6])]
+    other.write_text("".join(json.dumps(r) + "\n" for r in edited) + "{broken\n")
+    code = evaluate.main(["compare", str(single_run[0] / "predictions.jsonl"), str(other), "--names", "image", "ablation"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "compared on the 6 ids present in every file" in out
+    header = out.splitlines()[1].split()
+    assert header == ["metric", "image", "ablation"]
+    empty = [line.split() for line in out.splitlines() if line.startswith("empty predictions")][0]
+    skipped = [line.split() for line in out.splitlines() if line.startswith("skipped")][0]
+    assert empty[-2:] == ["0", "3"] and skipped[-2:] == ["0", "1"]
+    assert evaluate.main(["compare", str(other)]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert evaluate.main(["compare", str(other), str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl does not exist" in capsys.readouterr().err
+
+
+def _fails(code, err, needle, out_dir):
+    assert code == 2 and err and err[-1].startswith("error: ") and needle in err[-1], err
+    assert not out_dir.exists(), "nothing may be written to output_dir on bad input"
+
+
+def test_missing_checkpoint(tiny_assets, tmp_path, capsys):
+    cfg = eval_config(tiny_assets, tmp_path / "stage2" / "checkpoint_last.pt", tmp_path / "out")
+    _fails(*run_main(cfg, tmp_path / "c.yaml", capsys)[::2], "stage2/checkpoint_last.pt does not exist", tmp_path / "out")
+    cfg["model"]["ckpt"] = None
+    _fails(*run_main(cfg, tmp_path / "c.yaml", capsys)[::2], "model.ckpt is not set", tmp_path / "out")
+
+
+def test_split_without_usable_images(tiny_assets, checkpoint, tmp_path, capsys):
+    split = tmp_path / "split"
+    (split / "image").mkdir(parents=True)
+    shutil.copy(tiny_assets["val"] / "filter_cap.json", split / "filter_cap.json")
+    cfg = eval_config(tiny_assets, checkpoint, tmp_path / "out", split=split)
+    _fails(*run_main(cfg, tmp_path / "c.yaml", capsys)[::2], "no usable sample", tmp_path / "out")
+
+
+@pytest.mark.parametrize("options,needle", [
+    (["evaluation.batch_sise=2"], "evaluation.batch_size"),
+    (["datasets.openi.eval_root=somewhere"], "datasets.openi.eval_root is not read by evaluate.py"),
+    (["evaluation.phrases_dir=no_such_phrases"], "no_such_phrases"),
+    (["evaluation.image_mode=upside_down"], "evaluation.image_mode must be one of image, shuffled, blank"),
+])
+def test_config_errors(tiny_assets, checkpoint, tmp_path, capsys, options, needle):
+    cfg = eval_config(tiny_assets, checkpoint, tmp_path / "out")
+    _fails(*run_main(cfg, tmp_path / "c.yaml", capsys, options)[::2], needle, tmp_path / "out")
+
+
+def test_undecodable_image_is_skipped_and_counted_report_ids_are_read(tiny_assets, checkpoint, tmp_path, capsys):
+    split = tmp_path / "split"
+    shutil.copytree(tiny_assets["val"], split)
+    broken = sorted((split / "image").glob("*.png"))[3]
+    broken.write_bytes(broken.read_bytes()[:200])  # the header reads, the pixels do not
+    first = sorted(p.stem for p in (split / "image").glob("*.png"))[:2]
+    (split / "reports.json").write_text(json.dumps({"r7": {"image_ids": first, "summary": "s"}}))
+    out = tmp_path / "out"
+    code, stdout, _ = run_main(eval_config(tiny_assets, checkpoint, out, split=split), tmp_path / "c.yaml", capsys)
+    assert code == 0 and "1 skipped (1 image does not decode)" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] == {"count": 1, "by_reason": {"image does not decode": [broken.stem]}}
+    rows = read_rows(out)
+    assert metrics["num_scored"] == 7 and broken.stem not in {r["image_id"] for r in rows}
+    assert {r["image_id"]: r["report_id"] for r in rows if r["report_id"]} == {i: "r7" for i in first}
+
+
+@pytest.mark.parametrize("path", EVAL_YAMLS, ids=lambda p: p.name)
+def test_every_eval_config_validates(path):
+    cfg = evaluate.load_eval_config(path)
+    assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.evaluation.output_dir
+    assert "run" not in cfg and all(ds.root for ds in cfg.datasets.values())
+
+
+def test_tiny_eval_reads_the_embedded_stage2_checkpoint_and_test_split():
+    raw = yaml.safe_load((REPO / "eval_configs" / "tiny_eval.yaml").read_text())
+    assert raw["model"]["ckpt"] == "output/embedded/stage2/checkpoints/checkpoint_last.pt"
+    assert raw["datasets"]["openi"]["root"] == "dataset/embedded/data/openi/test"
+
+
+def test_eval_readme_documents_every_evaluation_key():
+    readme = (REPO / "eval_configs" / "README.md").read_text()
+    cfg = evaluate.load_eval_config(REPO / "eval_configs" / "tiny_eval.yaml")
+    missing = [key for key in cfg.evaluation if f"`{key}`" not in readme]
+    assert not missing, f"eval_configs/README.md does not document: {missing}"

@@ -1,0 +1,170 @@
+"""The report evaluator behind `evaluate.py`: batched generation over a split, then every metric.
+
+Its constructor's signature is the `evaluation` section of an evaluation config (see
+`xraygpt.config`).  `run(dataset)`:
+
+1. joins torchrun's process group, if any (gloo on CPU, NCCL on GPU);
+2. skips the ids that already have a prediction in `output_dir` (resume), splits the rest
+   round-robin across ranks, and generates them in batches (left padding, KV cache, greedy by
+   default) with a tqdm bar in images/s on rank 0; each rank appends its rows to its part file
+   after every batch.  An image that does not decode is skipped and counted (the dataset would
+   otherwise substitute the next sample);
+3. on rank 0, after every rank finished: merges the parts into predictions.jsonl, writes
+   predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins`), and
+   returns the metrics table; other ranks return None.
+
+Outputs are described in `xraygpt.evaluation.predictions` and `report_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import DatasetError
+from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
+from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_rows, load_samples
+from xraygpt.evaluation.plugins import run_plugins
+from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
+from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
+from xraygpt.evaluation.rouge import make_scorer
+from xraygpt.training import distributed
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_ids(dataset) -> list[str]:
+    """The image id of every key of a MixedDataset of file-based datasets, without decoding images."""
+    members = dataset.datasets if isinstance(dataset, MixedDataset) else [dataset]
+    if not all(hasattr(ds, "samples") for ds in members):
+        raise DatasetError("evaluation reads datasets in the xraygpt or r2gen format (one row per image id); "
+                           "a webdataset shard folder cannot be resumed by id")
+    return [str(s[0]) for ds in members for s in ds.samples]
+
+
+class ReportEvaluator:
+    """Generates a summary per image of a split and scores them (see module docstring).
+
+    Args (besides `model`, built by `xraygpt.builders`):
+        output_dir: where predictions.jsonl, predictions.csv, references.csv, metrics.json go.
+        batch_size: images per generation batch (per rank).
+        max_new_tokens, num_beams, do_sample, temperature, top_p, repetition_penalty: decoding
+            (greedy by default; `num_beams > 1` for beam search, `do_sample` for sampling).
+        image_mode: `image` (each its own), `shuffled` (each the next image's) or `blank`
+            (a black image): ablations showing what the summaries owe to the image.
+        seed: seeds sampling (plus the rank) and the bootstrap (entry points also seed the
+            model build and the dataset's instruction choice with it).
+        device: `auto` (this rank's GPU, else CPU), `cpu`, `cuda:0`, ...
+        dist_backend: `auto` (`nccl` on GPU, `gloo` on CPU) or a torch.distributed backend.
+        progress: show the progress bar (rank 0).
+        bootstrap_resamples: resamples for the confidence intervals (0 = none).
+        confidence: the intervals' level.
+        phrases_dir: phrase lists for the CheXpert-style labeler (None: the package's).
+        bertscore_model, chexbert_model, radgraph_model: local paths enabling those plug-ins.
+    """
+
+    def __init__(
+        self,
+        model,
+        output_dir: str,
+        batch_size: int = 16,
+        max_new_tokens: int = 160,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        image_mode: str = "image",
+        seed: int = 42,
+        device: str = "auto",
+        dist_backend: str = "auto",
+        progress: bool = True,
+        bootstrap_resamples: int = 1000,
+        confidence: float = 0.95,
+        phrases_dir: Optional[str] = None,
+        bertscore_model: Optional[str] = None,
+        chexbert_model: Optional[str] = None,
+        radgraph_model: Optional[str] = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
+        if image_mode not in IMAGE_MODES:
+            raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+        self.model = model
+        self.output_dir = Path(output_dir)
+        self.batch_size = batch_size
+        self.gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample,
+                           "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
+        self.image_mode = image_mode
+        self.seed = seed
+        self.device = device
+        self.dist_backend = dist_backend
+        self.progress = progress
+        self.bootstrap_resamples = bootstrap_resamples
+        self.confidence = confidence
+        self.plugin_paths = {"bertscore": bertscore_model, "chexbert": chexbert_model, "radgraph": radgraph_model}
+        # Fail before generating, not after: phrase files and rouge-score are needed at the end.
+        self.labeler = ChexpertRuleLabeler(phrases_dir)
+        make_scorer()
+
+    def _generate(self, dataset, ids: list[str], keys: list[int], store: PredictionStore, dist, reports: dict) -> None:
+        """Generate `keys` of `dataset` in batches, appending rows / skip records to `store`."""
+        blank = None
+        if self.image_mode == "blank":
+            blank = blank_image(dataset.datasets[0].vis_processor, self.model.encoder.image_size)
+        torch.manual_seed(self.seed + dist.rank)
+        bar = tqdm(total=len(keys), unit="img", desc=f"generate ({self.image_mode})",
+                   disable=not (self.progress and dist.is_main))
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start:start + self.batch_size]
+            samples = load_samples(dataset, chunk, self.image_mode, blank)
+            good = [s for k, s in zip(chunk, samples) if s["image_id"] == ids[k]]
+            records = [{"image_id": ids[k], "skipped": "image does not decode"}
+                       for k, s in zip(chunk, samples) if s["image_id"] != ids[k]]
+            if good:
+                for row in generate_rows(self.model, good, **self.gen_kwargs):
+                    records.append({"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row})
+            store.append(records)
+            bar.update(len(chunk))
+        bar.close()
+
+    def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
+        """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
+
+        Args:
+            dataset: the split (a MixedDataset of CaptionDatasets, read with eval processors).
+            dataset_roots: the split folders, searched for `reports.json` (report ids).
+        """
+        dist = distributed.init_distributed(self.device, self.dist_backend)
+        ids = dataset_ids(dataset)
+        store = PredictionStore(self.output_dir, dist.rank)
+        done = store.done_ids()
+        todo = [k for k, image_id in enumerate(ids) if image_id not in done]
+        mine = todo[dist.rank::dist.world_size]
+        logger.info("%d images in the split, %d already predicted in %s, %d to generate (%d on this rank)",
+                    len(ids), len(ids) - len(todo), self.output_dir, len(todo), len(mine))
+        self.model.to(dist.device)
+        was_training = self.model.training
+        self.model.eval()
+        self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)))
+        self.model.train(was_training)
+        distributed.barrier()
+        if not dist.is_main:
+            return None
+        rows, skipped = store.merge(ids)
+        write_report_csv(rows, self.output_dir / "predictions.csv", "prediction")
+        write_report_csv(rows, self.output_dir / "references.csv", "reference")
+        metrics = compute_metrics(rows, self.labeler, self.bootstrap_resamples, self.confidence, self.seed, skipped)
+        scored = scoreable(rows)[0]
+        metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
+                                         self.plugin_paths, dist.device)
+        metrics["generation"] = {"image_mode": self.image_mode, "batch_size": self.batch_size, **self.gen_kwargs}
+        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        logger.info("wrote %s", self.output_dir / "metrics.json")
+        return format_metrics(metrics)
