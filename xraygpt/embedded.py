@@ -6,7 +6,7 @@
     data/openi/{train,val,test}/   a second, smaller synthetic source for stage 2
     data/encoder_pretrain/train/   4x as many images, used only to pretrain the tiny encoder
     medclip_tiny/pytorch_model.bin a small Swin (112 px, patch 8, 2 stages -> 49 tokens) + projection head,
-                                   pretrained (~2 CPU minutes) to recognise the synthetic findings,
+                                   pretrained (3000 steps, ~4.5 CPU minutes) to recognise the synthetic findings,
                                    the stand-in for MedCLIP's pretraining; saved in MedCLIP's format
                                    (`vision_model.*` with transformers 4.x Swin names, plus
                                    `text_model.*` and `logit_scale`), loaded back by the real loader
@@ -53,7 +53,7 @@ TINY_LLAMA = {
 }
 COMPLETE_MARKER = "COMPLETE.json"
 # Bump when what `prepare` writes changes, so stale folders are regenerated.
-EMBEDDED_VERSION = 2
+EMBEDDED_VERSION = 3
 
 
 def load_labelled_images(split_dir: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +87,7 @@ def _max_projected(encoder, images: torch.Tensor) -> torch.Tensor:
     return encoder.projection_head(encoder.model(pixel_values=images).last_hidden_state).max(dim=1).values
 
 
-def pretrain_tiny_encoder(encoder, images: torch.Tensor, labels: torch.Tensor, steps: int = 1500,
+def pretrain_tiny_encoder(encoder, images: torch.Tensor, labels: torch.Tensor, steps: int = 3000,
                           batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> float:
     """Multi-label pretraining of the tiny encoder on synthetic images; returns the final train accuracy.
 
@@ -124,7 +124,7 @@ def pretrain_tiny_encoder(encoder, images: torch.Tensor, labels: torch.Tensor, s
     return float(per_finding.mean())
 
 
-def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None, steps: int = 1500) -> Path:
+def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None, steps: int = 3000) -> Path:
     """Small Swin + projection head saved as MedCLIP releases it; returns the folder.
 
     With `train_split` (a synthetic split folder) the encoder is first pretrained on its
@@ -198,7 +198,7 @@ def write_tiny_llm(folder: Path, texts: list[str], seed: int = 0) -> Path:
 
 
 def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False,
-            prompt_path: str = "prompts/alignment.txt", encoder_steps: int = 1500) -> Path:
+            prompt_path: str = "prompts/alignment.txt", encoder_steps: int = 3000) -> Path:
     """Generate the embedded default under `out` (skipped when already complete unless `force`)."""
     marker = out / COMPLETE_MARKER
     settings = {"version": EMBEDDED_VERSION, "seed": seed, "num_train": num_train, "encoder_steps": encoder_steps}
