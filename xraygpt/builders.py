@@ -1,7 +1,9 @@
 """Builders: the only code that reads the validated config and the registry.
 
 They turn config sections into objects through plain constructors with typed arguments:
-`build_distributed`, `build_model`, `build_datasets`, `build_runner`.
+`build_distributed`, `build_model`, `build_datasets`, `build_runner`, and for
+`python -m xraygpt.data.feature_cache` `build_feature_cache_job` (the encoder alone + one
+dataset's images).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
-from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.datasets import FeatureCaptionDataset, MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.shards import ShardDataset
 
@@ -64,9 +66,11 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
     """All configured datasets for `split` ("train": each `root`; "eval": each `eval_root`).
 
     Builders that take `prompt_tokenizer` (text datasets, which validate lengths at start-up)
-    get the model's.  For "eval", a dataset with an `eval_split` (R2Gen format) reads that split.
+    get the model's.  For "eval", a dataset with an `eval_split` (R2Gen format) reads that split,
+    and `feature_cache` is ignored (held-out sets read images).
     A dataset in shards (`format: webdataset`) is streamed for training: it must be the only
     training dataset and is returned as is (the runner splits it across ranks and workers).
+    Training datasets read either all or none from a feature cache (a batch holds one kind).
     Returns None for "eval" when no dataset has an `eval_root`.
     """
     components.register_all()
@@ -85,18 +89,60 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
             if not eval_root:
                 continue
             kwargs["root"] = eval_root
+            if "feature_cache" in kwargs:
+                kwargs["feature_cache"] = None
             if "eval_split" in kwargs:
                 kwargs["split"] = kwargs["eval_split"]
         built.append(builder(**kwargs))
         names.append(name)
     if not built:
         return None
+    cached = [isinstance(ds, FeatureCaptionDataset) for ds in built]
+    if any(cached) and not all(cached):
+        raise DatasetError(f"datasets {', '.join(names)}: either all or none of the training datasets must set "
+                           "feature_cache (a batch holds either images or cached features)")
     if split == "train" and any(isinstance(ds, ShardDataset) for ds in built):
         if len(built) > 1:
             raise DatasetError(f"datasets {', '.join(names)}: a dataset in shards (format: webdataset) must be the "
                                "only training dataset; write one shard set from all sources instead")
         return built[0]
     return MixedDataset(built, seed)
+
+
+def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
+    """What `python -m xraygpt.data.feature_cache` encodes: (encoder, images, source record).
+
+    The encoder is the model's `encoder` section alone (no LLM is loaded).  The images are
+    dataset `dataset`'s `root` (the only dataset when None) in its format, read with its
+    `vis_processor.eval` and `text_processor.eval` and without a feature cache.  The source
+    record (dataset, root, format, split, vis_processor, encoder checkpoint) goes into the
+    cache's manifest.
+    """
+    components.register_all()
+    model_cfg = _kwargs(cfg.model)
+    sections = getattr(registry.get("model", model_cfg["arch"]), "CONFIG_SECTIONS", {})
+    if "encoder" not in sections:
+        raise ValueError(f"model.arch {model_cfg['arch']} has no image encoder to cache features of")
+    datasets = _kwargs(cfg.datasets)
+    if dataset is None:
+        if len(datasets) != 1:
+            raise ValueError(f"the config lists datasets {', '.join(datasets)}; name one with --dataset")
+        dataset = next(iter(datasets))
+    if dataset not in datasets:
+        raise ValueError(f"dataset {dataset!r} is not in the config (datasets: {', '.join(datasets)})")
+    kwargs = dict(datasets[dataset])
+    if "vis_processor" not in kwargs:
+        raise ValueError(f"datasets.{dataset} has no images to encode")
+    processor = dict(kwargs["vis_processor"]["eval"])
+    kwargs["vis_processor"] = build_processor(processor)
+    kwargs["text_processor"] = build_processor(kwargs["text_processor"]["eval"])
+    kwargs.pop("eval_root", None)
+    kwargs["feature_cache"] = None
+    images = registry.get("dataset", dataset)(**kwargs)
+    encoder = sections["encoder"](**model_cfg["encoder"])
+    source = {"dataset": dataset, "root": kwargs["root"], "format": kwargs["format"], "split": kwargs["split"],
+              "vis_processor": processor, "checkpoint": model_cfg["encoder"].get("checkpoint")}
+    return encoder, images, source
 
 
 def build_lr_schedule(section: Any):

@@ -28,10 +28,11 @@ def pad_sequences(seqs: list[list[int]], pad_value: int, side: str = "right") ->
 
 
 class TrainCollator:
-    """Samples {pixel_values, instruction, caption, image_id} -> a training batch.
+    """Samples {pixel_values or image_features, instruction, caption, image_id} -> a training batch.
 
-    Batch: pixel_values (B, 3, H, W), input_ids / attention_mask / labels (B, L) right-padded,
-    image_ids (list of B str).
+    Batch: pixel_values (B, 3, H, W) or image_features (B, N, D) (cached encoder tokens, as the
+    samples hold them), input_ids / attention_mask / labels (B, L) right-padded, image_ids
+    (list of B str).
     """
 
     def __init__(self, prompt_tokenizer: PromptTokenizer):
@@ -41,8 +42,11 @@ class TrainCollator:
     def __call__(self, samples: list[dict]) -> dict:
         ids, labels = zip(*(self.prompt_tokenizer.encode_example(s["instruction"], s["caption"]) for s in samples))
         input_ids = pad_sequences(list(ids), self.pad_id, "right")
+        kind = "image_features" if "image_features" in samples[0] else "pixel_values"
+        if not all(kind in s for s in samples):
+            raise ValueError("a training batch mixes images and cached image features")
         return {
-            "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            kind: torch.stack([s[kind] for s in samples]),
             "input_ids": input_ids,
             "attention_mask": pad_sequences([[1] * len(x) for x in ids], 0, "right"),
             "labels": pad_sequences(list(labels), IGNORE_INDEX, "right"),

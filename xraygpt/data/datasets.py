@@ -15,19 +15,35 @@ epoch never crashes hours in.  Random choices (instruction, augmentation) come f
 RNG seeded by (seed, key), which makes data order and content reproducible across workers and
 across a resume.  Shards give a streaming `ShardDataset` instead (see `xraygpt.data.shards`
 for how it splits across ranks and resumes).
+
+With `feature_cache: DIR` (any format) the training set is a map-style `FeatureCaptionDataset`
+that reads the frozen encoder's outputs, ids and captions from a cache made by
+`python -m xraygpt.data.feature_cache` instead of decoding images (`root` is not read; the held-out
+set, `eval_root`, still reads images).  Its samples carry `image_features` (N, D) instead of
+`pixel_values`, and take their instruction from the per-draw RNG exactly as the image path does
+with a deterministic (eval) processor, so a run gives the same losses from the cache as from
+the images.
+
+Length-grouped batches (`run.group_by_length`) need each draw's token length before it is
+loaded; the instruction is then drawn from its own RNG seeded by (seed, key, "instruction")
+rather than after the augmentation draws (`MixedDataset.with_instructions_by_key`), and
+`MixedDataset.draw_lengths` gives the exact lengths the collator will produce.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from PIL import Image
 
-from xraygpt.conversation import load_instructions
+from xraygpt.conversation import PromptTokenizer, load_instructions
+from xraygpt.data.feature_cache import FeatureCache, FeatureCacheError
 from xraygpt.data.formats import FORMAT_FILES, DatasetError, image_text_sample, log_dropped, read_samples
 from xraygpt.data.shards import ShardDataset, read_manifest
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
@@ -74,9 +90,10 @@ class CaptionDataset(torch.utils.data.Dataset):
         """Decoded image of sample `index` (raises one of DECODE_ERRORS when it does not decode)."""
         return decode_image(self.samples[index][1], self.max_pixels)
 
-    def get(self, index: int, rng: random.Random) -> dict:
+    def get(self, index: int, rng: random.Random, instruction: str | None = None) -> dict:
         """Sample `index` as {image_id, pixel_values (3, H, W), instruction, caption, source}.
 
+        `instruction` fixes the instruction (default: drawn from `rng` after the image's draws).
         An undecodable image is logged and replaced by the next one (at most len(self) tries).
         """
         for attempt in range(len(self.samples)):
@@ -89,8 +106,47 @@ class CaptionDataset(torch.utils.data.Dataset):
                 logger.warning("%s: image %s does not decode (%s); using the next sample", self.name, path, exc)
                 continue
             return image_text_sample(image_id, image, caption, self.name, self.vis_processor, self.text_processor,
-                                     self.instructions, rng)
+                                     [instruction] if instruction is not None else self.instructions, rng)
         raise DatasetError(f"{self.name}: no image in the dataset decodes")
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get(index, random.Random(index))
+
+
+class FeatureCaptionDataset(torch.utils.data.Dataset):
+    """Cached encoder features + summary samples of one source (see module docstring).
+
+    Args:
+        name: source name for messages (e.g. "mimic").
+        cache: the opened feature cache (features, image ids and captions).
+        text_processor: caption -> cleaned caption.
+        instructions: instructions to sample from (each holds `<ImageHere>`).
+        max_samples: use only the first N samples of the cache (0 = all).
+    """
+
+    def __init__(self, name: str, cache: FeatureCache, text_processor: Callable[[str], str], instructions: list[str],
+                 max_samples: int = 0):
+        self.name = name
+        self.cache = cache
+        self.samples = [(image_id, row, caption) for row, (image_id, caption) in enumerate(cache.samples)]
+        if max_samples > 0:
+            self.samples = self.samples[:max_samples]
+        self.text_processor = text_processor
+        self.instructions = instructions
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get(self, index: int, rng: random.Random, instruction: str | None = None) -> dict:
+        """Sample `index` as {image_id, image_features (N, D) in the cache's dtype, instruction, caption, source}."""
+        image_id, row, caption = self.samples[index]
+        return {
+            "image_id": image_id,
+            "image_features": self.cache.features(row),
+            "instruction": instruction if instruction is not None else rng.choice(self.instructions),
+            "caption": self.text_processor(caption),
+            "source": self.name,
+        }
 
     def __getitem__(self, index: int) -> dict:
         return self.get(index, random.Random(index))
@@ -110,14 +166,27 @@ def build_caption_dataset(
     shuffle_buffer: int,
     vis_processor: Callable,
     text_processor: Callable[[str], str],
-) -> CaptionDataset | ShardDataset:
-    """Validate a dataset folder in `format` and build its dataset (see module docstring)."""
+    feature_cache: str | None = None,
+) -> CaptionDataset | ShardDataset | FeatureCaptionDataset:
+    """Validate a dataset folder in `format` and build its dataset (see module docstring).
+
+    With `feature_cache`, the samples and their features come from that cache; `root` is not read.
+    """
     if format not in FORMATS:
         raise DatasetError(f"{name}: unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
+    instructions = load_instructions(prompt_path)
+    if feature_cache:
+        try:
+            cache = FeatureCache(feature_cache)
+        except DatasetError as exc:  # FeatureCacheError, or a manifest that is not JSON
+            raise FeatureCacheError(f"datasets.{name}.feature_cache: {exc}") from None
+        logger.info("%s: %d samples from the feature cache %s (%s %s features; images and vis_processor.train "
+                    "are not used, so no augmentation)", name, len(cache), feature_cache,
+                    cache.manifest["dtype"], cache.encoder.get("output"))
+        return FeatureCaptionDataset(name, cache, text_processor, instructions, max_samples)
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"{name}: dataset root {root_path} does not exist")
-    instructions = load_instructions(prompt_path)
     if format == "webdataset":
         if max_samples > 0:
             raise DatasetError(f"{name}: max_samples is not supported with format webdataset (write fewer shards)")
@@ -152,12 +221,15 @@ def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset
         verify_images: bool = True,
         max_image_pixels: int = 50_000_000,
         shuffle_buffer: int = 256,
-    ) -> CaptionDataset | ShardDataset:
+        feature_cache: Optional[str] = None,
+    ) -> CaptionDataset | ShardDataset | FeatureCaptionDataset:
         # eval_split (r2gen) is read by xraygpt.builders.build_datasets, which passes it as `split`
         # when building the held-out set; it is a builder argument so that the config schema has it.
+        # feature_cache applies to the training set only (build_datasets drops it for the held-out set).
         del eval_split
         return build_caption_dataset(name, root, format, split, ann_file, image_dir, prompt_path, max_samples,
-                                     verify_images, max_image_pixels, shuffle_buffer, vis_processor, text_processor)
+                                     verify_images, max_image_pixels, shuffle_buffer, vis_processor, text_processor,
+                                     feature_cache)
 
     builder.__name__ = builder.__qualname__ = f"build_{name}"
     builder.__doc__ = description
@@ -169,18 +241,22 @@ build_openi = _caption_source("openi", "OpenI image-summary pairs (stage 2); ids
 
 
 class MixedDataset(torch.utils.data.Dataset):
-    """Several datasets addressed by draw keys from `ResumableSampler`.
+    """Several datasets addressed by draw keys from `ResumableSampler` / `LengthGroupedSampler`.
 
     A key k selects sample k % len(self) of the concatenation and seeds that draw's RNG with
     (seed, k), so the same key always gives the same instruction and augmentation.  A
     ShardDataset member is read in shard order (held-out sets; training streams shards directly).
+    With `instructions_by_key` a draw's instruction comes from its own RNG seeded by
+    (seed, k, "instruction") instead of following the augmentation draws (see `draw_lengths`).
     """
 
-    def __init__(self, datasets: list[CaptionDataset | ShardDataset], seed: int):
+    def __init__(self, datasets: list[CaptionDataset | ShardDataset | FeatureCaptionDataset], seed: int,
+                 instructions_by_key: bool = False):
         if not datasets:
             raise DatasetError("no dataset configured")
         self.datasets = datasets
         self.seed = seed
+        self.instructions_by_key = instructions_by_key
         self.offsets = []
         total = 0
         for ds in datasets:
@@ -191,9 +267,64 @@ class MixedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.total
 
-    def __getitem__(self, key: int) -> dict:
+    def _member(self, key: int) -> tuple[CaptionDataset | ShardDataset | FeatureCaptionDataset, int]:
         index = key % self.total
         for ds, offset in zip(reversed(self.datasets), reversed(self.offsets)):
             if index >= offset:
-                return ds.get(index - offset, random.Random(f"{self.seed}:{key}"))
+                return ds, index - offset
         raise IndexError(key)
+
+    def _instruction_index(self, key: int, count: int) -> int:
+        return random.Random(f"{self.seed}:{key}:instruction").randrange(count)
+
+    def __getitem__(self, key: int) -> dict:
+        ds, index = self._member(key)
+        rng = random.Random(f"{self.seed}:{key}")
+        if self.instructions_by_key:
+            return ds.get(index, rng, ds.instructions[self._instruction_index(key, len(ds.instructions))])
+        return ds.get(index, rng)
+
+    def feature_caches(self) -> list[FeatureCache]:
+        """The feature caches the members read (empty when they read images)."""
+        return [ds.cache for ds in self.datasets if isinstance(ds, FeatureCaptionDataset)]
+
+    def with_instructions_by_key(self) -> "MixedDataset":
+        """A copy whose draws take their instruction from (seed, key) alone (see class docstring)."""
+        twin = copy.copy(self)
+        twin.instructions_by_key = True
+        return twin
+
+    def draw_lengths(self, prompt_tokenizer: PromptTokenizer) -> Callable[[int], list[int]]:
+        """epoch pass p -> the token length of draw key p * len(self) + i for each i, exactly as
+        `TrainCollator` will tokenize it (prompt with image tokens + target cut at max_txt_len).
+
+        Needs `instructions_by_key`.  Captions are tokenized once, here, in batches; then each
+        pass costs one seeded draw per sample (about a second for 200k samples).
+        """
+        if not self.instructions_by_key:
+            raise ValueError("draw lengths need instructions drawn by key (MixedDataset.with_instructions_by_key)")
+        start = time.perf_counter()
+        tokenizer, fmt = prompt_tokenizer.tokenizer, prompt_tokenizer.format
+        targets: list[list[int]] = []
+        prompts: list[list[int]] = []
+        for ds in self.datasets:
+            if not isinstance(ds, (CaptionDataset, FeatureCaptionDataset)):
+                raise DatasetError(f"{getattr(ds, 'name', type(ds).__name__)}: token lengths are known only for "
+                                   "image-summary datasets in the xraygpt or r2gen format or a feature cache")
+            texts = [ds.text_processor(caption) + fmt.end_sym for _, _, caption in ds.samples]
+            lengths = []
+            for i in range(0, len(texts), 4096):
+                ids = tokenizer(texts[i : i + 4096], add_special_tokens=False)["input_ids"]
+                lengths += [min(len(x), fmt.max_txt_len) for x in ids]
+            targets.append(lengths)
+            prompts.append([len(prompt_tokenizer.encode_prompt(ins)) for ins in ds.instructions])
+        logger.info("token lengths of %d samples in %.1f s", self.total, time.perf_counter() - start)
+
+        def lengths(epoch_pass: int) -> list[int]:
+            out = []
+            for offset, target, prompt in zip(self.offsets, targets, prompts):
+                first = epoch_pass * self.total + offset
+                out += [t + prompt[self._instruction_index(first + i, len(prompt))] for i, t in enumerate(target)]
+            return out
+
+        return lengths

@@ -5,6 +5,13 @@ transformers 5.23: `LlamaTokenizer(vocab_file=...)` silently builds a 3-token vo
 tokenizer always comes from `from_pretrained(folder)`; the tokenizer may have no pad token (we
 set one for batching; positions are masked out anyway); `dtype=` replaces `torch_dtype=`.
 BOS is added explicitly by `xraygpt.conversation`, not by tokenizer flags.
+
+Speed switches for training (`run.gradient_checkpointing`, `run.compile`) act on the decoder
+layers here: `checkpoint_decoder_layers` (written with torch.utils.checkpoint rather than
+transformers' `gradient_checkpointing_enable`, which only acts on modules in training mode
+and so never on the frozen LLM, locked in eval mode) and `compile_decoder_layers`
+(torch.compile of each layer: regional compilation, one graph reused by every layer, without
+the graph breaks of the image splice and the loss's data-dependent shapes).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -66,6 +74,9 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") 
     folder = Path(path)
     if not folder.is_dir():
         raise LLMLoadError(f"LLM folder {folder} does not exist")
+    if attn_implementation.startswith("flash_attention") and not torch.cuda.is_available():
+        raise LLMLoadError(f"model.llm.attn_implementation {attn_implementation} needs a CUDA GPU (and the flash-attn "
+                           "package); use sdpa, which picks a flash kernel on GPUs where it can")
     if not (folder / "config.json").is_file():
         raise LLMLoadError(f"LLM folder {folder} has no config.json")
     tokenizer = load_tokenizer(folder)
@@ -85,3 +96,39 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") 
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("LLM loaded from %s: %.1fM parameters, %s", folder, n_params / 1e6, torch_dtype)
     return model, tokenizer
+
+
+def decoder_layers(llm: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer blocks of a Hugging Face decoder-only LM (`get_decoder().layers`)."""
+    layers = getattr(llm.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{type(llm).__name__} has no decoder layer list (get_decoder().layers)")
+    return layers
+
+
+def checkpoint_decoder_layers(llm: torch.nn.Module) -> int:
+    """Recompute each decoder layer in the backward pass instead of keeping its activations.
+
+    Only when grad is enabled (generation is untouched); non-reentrant torch.utils.checkpoint,
+    so keyword inputs and frozen weights work.  Saves activation memory (about one layer's
+    instead of all layers') for one more forward pass per step.  Returns the layers wrapped.
+    """
+    layers = decoder_layers(llm)
+    for layer in layers:
+        plain = layer.forward
+
+        def forward(*args, _plain=plain, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_plain, *args, use_reentrant=False, **kwargs)
+            return _plain(*args, **kwargs)
+
+        layer.forward = forward
+    return len(layers)
+
+
+def compile_decoder_layers(llm: torch.nn.Module, backend: str) -> int:
+    """torch.compile each decoder layer with `backend` (e.g. `inductor`); returns the layers compiled."""
+    layers = decoder_layers(llm)
+    for layer in layers:
+        layer.compile(backend=backend)
+    return len(layers)

@@ -15,6 +15,7 @@ Outputs (see `MedCLIPVisionEncoder.forward`):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -162,6 +163,18 @@ class MedCLIPVisionEncoder(nn.Module):
     def output_dim(self) -> int:
         """Width of each image token."""
         return self.model.num_features if self.output == "patch" else self.projection_head.out_features
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights as loaded (each tensor's name, dtype, shape and bytes, by name).
+
+        Identifies the encoder a feature cache was made with: the same weights give the same
+        hash whatever file held them (4.x or 5.x names, .bin or .safetensors).
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, num_tokens, output_dim) features."""

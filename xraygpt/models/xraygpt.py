@@ -2,9 +2,16 @@
 
 Shapes: pixel_values (B, 3, H, W) -> encoder tokens (B, N, Dv) -> projection (B, N, Dl) ->
 spliced into the (B, L, Dl) prompt embeddings at the N image-sentinel positions -> LLM.
+Training may pass the encoder tokens directly (`image_features`, from a feature cache).
 
 The loss (`xraygpt.models.loss.target_token_loss`) covers the summary tokens and the end
 symbol and is the mean of per-sample losses.
+
+No backward work is wasted on frozen parts: the frozen encoder runs under no_grad, frozen
+weights have requires_grad=False (autograd then computes no weight gradient for them and
+saves no input for one), and the token embedding lookup of a frozen LLM is outside the graph.
+The backward pass still carries activation gradients through every LLM layer, since they are
+the only way from the loss to the projection: about 4N FLOPs per token instead of 6N.
 """
 
 from __future__ import annotations
@@ -117,42 +124,62 @@ class XrayGPT(nn.Module):
         return self.llm.get_input_embeddings().weight.dtype
 
     # ------------------------------------------------------------------ the model
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N, Dv) encoder tokens (any float dtype) -> (B, N, Dl) projected tokens in the LLM's dtype."""
+        expected = (self.encoder.num_tokens, self.encoder.output_dim)
+        if features.dim() != 3 or tuple(features.shape[1:]) != expected:
+            raise ValueError(f"image features of shape {tuple(features.shape)} do not fit the encoder's "
+                             f"(B, {expected[0]}, {expected[1]}) outputs")
+        return self.projector(features.to(self.device)).to(self.llm_dtype)
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, N, Dl) projected image tokens in the LLM's dtype."""
         enc_dtype = next(self.encoder.parameters()).dtype
         with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen_modules):
             feats = self.encoder(pixel_values.to(self.device, enc_dtype))
-        return self.projector(feats).to(self.llm_dtype)
+        return self.project_features(feats)
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids with image sentinels + images -> (B, L, Dl) input embeddings."""
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                     image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids with image sentinels + images (or their encoder tokens) -> (B, L, Dl) input embeddings.
+
+        Exactly one of `pixel_values` (B, 3, H, W) and `image_features` (B, N, Dv) is given.
+        """
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("give either pixel_values or image_features")
+        images = self.encode_images(pixel_values) if image_features is None else self.project_features(image_features)
         return embed_with_images(
             self.llm.get_input_embeddings(),
             input_ids,
-            self.encode_images(pixel_values),
+            images,
             IMAGE_TOKEN_ID,
             fill_id=self.tokenizer.pad_token_id,
         )
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         **_: object,
     ) -> dict[str, torch.Tensor]:
         """Loss over target tokens.
 
         Args:
-            pixel_values: (B, 3, H, W); input_ids, attention_mask, labels: (B, L), right-padded,
-            labels = IGNORE_INDEX outside the target.
+            input_ids, attention_mask, labels: (B, L), right-padded, labels = IGNORE_INDEX
+            outside the target.
+            pixel_values: (B, 3, H, W) images, or
+            image_features: (B, N, Dv) their encoder tokens (e.g. from a feature cache).
         Returns:
             dict with `loss` (scalar, mean of per-sample losses), `sample_loss` (B,) and
             `num_target_tokens` (scalar, int).
         """
-        embeds = self.embed_inputs(input_ids, pixel_values)
-        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        # use_cache=False: a KV cache is for generation; in training it would only cost memory and copies
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                        use_cache=False).last_hidden_state
         return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
 
     @torch.no_grad()

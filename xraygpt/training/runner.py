@@ -8,6 +8,15 @@ data position is derived from the step, so `resume_ckpt_path` continues a killed
 (A training set in shards is a stream that resumes at the step with a fresh seeded draw; see
 `xraygpt.data.shards`.)
 
+Speed (all off by default except what cannot change results): `group_by_length` reads
+micro-batches of draws of similar token length (`LengthGroupedSampler`: the same global batch
+size and draws, far less padding; per-sample losses do not depend on the batch); a training set
+with `feature_cache` reads cached encoder outputs (checked against the model's encoder here,
+before anything is written); `gradient_checkpointing` and `compile` act on the LLM's decoder
+layers (`xraygpt.models.llm`); on GPU, `amp` autocasts to the LLM's half dtype and batches are
+copied from pinned memory without blocking.  Only trainable parameters get gradients and
+optimizer state.
+
 Outputs under `output_dir`:
     checkpoints/checkpoint_<step>.pt, checkpoints/checkpoint_last.pt   (trainable weights only)
     log.jsonl         one JSON object per logged step
@@ -24,12 +33,16 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from xraygpt.data.sampler import ResumableSampler
+from xraygpt.constants import IGNORE_INDEX
+from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
+from xraygpt.models.llm import checkpoint_decoder_layers, compile_decoder_layers
 from xraygpt.registry import register
 from xraygpt.training import distributed
 from xraygpt.training.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
@@ -74,6 +87,9 @@ class IterRunner:
         resume_ckpt_path: a checkpoint of this run to continue from.
         sample_generations: summaries generated at the end and written to samples.jsonl.
         max_new_tokens, num_beams: generation settings for those samples.
+        group_by_length: micro-batches of draws of similar token length (map-style training sets).
+        gradient_checkpointing: recompute the LLM's layers in the backward pass (less memory, more time).
+        compile: torch.compile backend for the LLM's decoder layers (`inductor`); None = not compiled.
     """
 
     def __init__(
@@ -102,6 +118,9 @@ class IterRunner:
         sample_generations: int = 4,
         max_new_tokens: int = 160,
         num_beams: int = 1,
+        group_by_length: bool = False,
+        gradient_checkpointing: bool = False,
+        compile: Optional[str] = None,
     ):
         for name, value in (("max_epoch", max_epoch), ("iters_per_epoch", iters_per_epoch),
                             ("batch_size_train", batch_size_train), ("accum_grad_iters", accum_grad_iters),
@@ -129,6 +148,7 @@ class IterRunner:
         self.resume_ckpt_path = resume_ckpt_path
         self.sample_generations = sample_generations
         self.gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+        self.group_by_length = group_by_length
         self.device = dist.device
         self.amp_dtype = model.llm_dtype if (amp and self.device.type == "cuda" and model.llm_dtype != torch.float32) else None
         self.ckpt_dir = self.output_dir / "checkpoints"
@@ -138,6 +158,17 @@ class IterRunner:
                 f"output_dir {self.output_dir} already holds checkpoints; set run.resume_ckpt_path="
                 f"{self.ckpt_dir / 'checkpoint_last.pt'} to continue it, or choose another run.output_dir"
             )
+        if group_by_length and not isinstance(self.train_set, MixedDataset):
+            raise RunError("run.group_by_length needs a map-style training set (format xraygpt or r2gen, or a "
+                           "feature_cache); a dataset in shards streams and cannot be grouped")
+        if isinstance(self.train_set, MixedDataset):
+            for cache in self.train_set.feature_caches():
+                cache.check_encoder(model.encoder)
+        if gradient_checkpointing:
+            logger.info("gradient checkpointing: %d LLM layers recomputed in the backward pass",
+                        checkpoint_decoder_layers(model.llm))
+        if compile:
+            logger.info("torch.compile (%s): %d LLM layers", compile, compile_decoder_layers(model.llm, compile))
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise RunError("the model has no trainable parameter")
@@ -188,6 +219,10 @@ class IterRunner:
             # shards: the stream splits itself by rank and worker (see xraygpt.data.shards)
             dataset = self.train_set.for_rank(self.dist.rank, self.dist.world_size, self.num_workers, self.seed, consumed)
             sampler = None
+        elif self.group_by_length:
+            dataset = self.train_set.with_instructions_by_key()
+            sampler = LengthGroupedSampler(dataset.draw_lengths(self.model.prompt_tokenizer), len(dataset),
+                                           self.batch_size, self.dist.rank, self.dist.world_size, self.seed, start=consumed)
         else:
             dataset = self.train_set
             sampler = ResumableSampler(len(self.train_set), self.dist.rank, self.dist.world_size, self.seed, start=consumed)
@@ -234,16 +269,19 @@ class IterRunner:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=self.device)
-            tokens = 0
+            tokens = real = slots = 0
             for micro in range(self.accum):
-                batch = _to_device(next(batches), self.device)
+                host = next(batches)  # counted on the host: no device sync per micro-batch
+                real += int(host["attention_mask"].sum())
+                slots += host["attention_mask"].numel()
+                tokens += int((host["labels"][:, 1:] != IGNORE_INDEX).sum())
+                batch = _to_device(host, self.device)
                 sync = micro == self.accum - 1 or not self.dist.distributed
                 with (contextlib.nullcontext() if sync else wrapped.no_sync()):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         out = self.task.train_step(wrapped, batch)
                     (out["loss"] / self.accum).backward()
                 step_loss += out["loss"].detach() / self.accum
-                tokens += int(out["num_target_tokens"])
                 window_samples += len(batch["image_ids"]) * self.dist.world_size
             if self.grad_clip > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
@@ -260,7 +298,7 @@ class IterRunner:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": done, "epoch": step // self.iters_per_epoch, "loss": loss_value, "lr": lr,
-                    "grad_norm": float(grad_norm), "target_tokens": tokens,
+                    "grad_norm": float(grad_norm), "target_tokens": tokens, "real_token_fraction": real / slots,
                     "samples_per_s": window_samples / elapsed if elapsed > 0 else None,
                 }
                 window_start, window_samples = time.perf_counter(), 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from xraygpt.data.collate import ConversationCollator, ConversationPromptCollator, GenerationCollator, TrainCollator
+from xraygpt.data.datasets import MixedDataset
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
@@ -55,13 +56,19 @@ class ImageTextPretrainTask:
         return TrainCollator(model.prompt_tokenizer)
 
     def train_step(self, model, batch: dict) -> dict:
-        """Forward one batch; returns the model's output dict (`loss`, `sample_loss`, ...)."""
-        return model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                     attention_mask=batch["attention_mask"], labels=batch["labels"])
+        """Forward one batch (images or cached image features); returns the model's output dict
+        (`loss`, `sample_loss`, ...)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
 
     @torch.no_grad()
     def after_training(self, model, dataset, output_dir: Path, sample_count: int, gen_kwargs: dict, amp_dtype=None) -> None:
-        """Generate `sample_count` summaries from `dataset` into samples.jsonl."""
+        """Generate `sample_count` summaries from `dataset` into samples.jsonl (a dataset of
+        cached features, i.e. a training set without eval_root, has no images to generate from)."""
+        if sample_count > 0 and isinstance(dataset, MixedDataset) and dataset.feature_caches():
+            logger.warning("no samples.jsonl: the training set reads cached features and no dataset has an "
+                           "eval_root with images to generate summaries from")
+            return
         if sample_count > 0:
             rows = _sample_rows(model, dataset, GenerationCollator(model.prompt_tokenizer), sample_count, gen_kwargs, amp_dtype, True)
             write_samples(rows, output_dir / "samples.jsonl")
