@@ -22,7 +22,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,23 +36,10 @@ from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval  # noqa: 
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config  # noqa: E402
 from xraygpt.training.runner import _single_threaded_worker  # noqa: E402
 
+from dataloader_throughput import images_per_second, stack  # noqa: E402  (this folder, on sys.path when run as a script)
+
 MIMIC_SIZE = (2544, 3056)  # width x height of most MIMIC-CXR-JPG frontal images
 PROMPTS = str(REPO / "prompts" / "alignment.txt")
-
-
-def stack(samples: list[dict]) -> torch.Tensor:
-    key = "image_features" if "image_features" in samples[0] else "pixel_values"
-    return torch.stack([s[key] for s in samples])
-
-
-def images_per_second(loader: torch.utils.data.DataLoader, images: int) -> float:
-    """Images/s over `images` images, after one warm-up batch (worker start)."""
-    batches = iter(loader)
-    next(batches)
-    seen, start = 0, time.perf_counter()
-    while seen < images:
-        seen += len(next(batches))
-    return seen / (time.perf_counter() - start)
 
 
 def synthetic_root(folder: Path) -> Path:

@@ -33,7 +33,9 @@ from xraygpt.training.runner import _single_threaded_worker  # noqa: E402
 
 
 def stack(samples: list[dict]) -> torch.Tensor:
-    return torch.stack([s["pixel_values"] for s in samples])
+    """Collate by stacking the samples' images (or cached encoder features, for benchmarks/data.py)."""
+    key = "image_features" if "image_features" in samples[0] else "pixel_values"
+    return torch.stack([s[key] for s in samples])
 
 
 def images_per_second(loader: torch.utils.data.DataLoader, images: int) -> float:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -115,3 +116,15 @@ def run_until_checkpoint_then_kill(cfg_path: Path, checkpoint: Path, timeout: fl
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists(), f"the run never wrote {checkpoint}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tests of tiny models: they gain nothing from threads, and on a shared
+    2-core machine two OpenMP threads fighting for busy cores made them up to 40x slower
+    (measured); the previous count is restored afterwards.  Use with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

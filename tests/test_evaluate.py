@@ -18,13 +18,7 @@ from xraygpt.training.checkpoint import atomic_save
 EVAL_YAMLS = sorted(p for p in (REPO / "eval_configs").glob("*.yaml") if not p.name.startswith("demo"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model generation is fastest on one thread, and steady on a shared machine (no OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from xraygpt.evaluation.evaluator import ReportEvaluator, dataset_ids
 from xraygpt.evaluation.generate import blank_image, generate_for_dataset, load_samples
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model generation is fastest on one thread, and steady on a shared machine (no OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,12 @@
 tokens, exact draw lengths, and the same per-sample losses as padded batches."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, tiny_config, write_yaml
-from test_train import _run_in_process
+from conftest import tiny_config, write_yaml
+from test_train import _run_in_process, assert_torchrun_matches_one_process
 from xraygpt.data.collate import TrainCollator
 from xraygpt.data.datasets import MixedDataset, build_mimic
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
@@ -20,14 +17,7 @@ from xraygpt.training.distributed import DistInfo
 from xraygpt.training.runner import IterRunner, RunError
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared machine two OpenMP threads fighting
-    for busy cores made these tests up to 40x slower (measured); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _lengths(n, seed=0):
@@ -180,18 +170,4 @@ def test_grouping_refused_for_a_streamed_training_set(tiny_model_factory, tmp_pa
 
 def test_torchrun_two_ranks_with_grouping_match_one_process(tiny_assets, tmp_path):
     """2 ranks x batch 2 (gloo, DDP) == 1 process x batch 4, both length-grouped: same global batches."""
-    common = dict(iters_per_epoch=3, sample_generations=0, group_by_length=True)
-    two = write_yaml(tiny_config(tiny_assets, tmp_path / "two", batch_size_train=2, **common), tmp_path / "two.yaml")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-         str(REPO / "train.py"), "--cfg-path", str(two)],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = write_yaml(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common), tmp_path / "one.yaml")
-    _, runner = _run_in_process(one)
-    runner.train()
-    a = read_checkpoint(tmp_path / "two" / "checkpoints" / "checkpoint_last.pt")["model"]
-    b = read_checkpoint(tmp_path / "one" / "checkpoints" / "checkpoint_last.pt")["model"]
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    assert_torchrun_matches_one_process(tiny_assets, tmp_path, 29531, group_by_length=True)

@@ -16,13 +16,7 @@ from xraygpt.models.llm import LLMLoadError, checkpoint_decoder_layers, load_llm
 from xraygpt.training.checkpoint import read_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """See tests/test_sampler.py: one thread keeps tiny-model tests fast on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _flops(model, batch):

@@ -119,15 +119,15 @@ def test_main_returns_zero_and_writes_outputs(tiny_assets, tmp_path):
     assert (tmp_path / "out" / "checkpoints" / "checkpoint_last.pt").is_file()
 
 
-def test_torchrun_two_processes_on_cpu_matches_one_process(tiny_assets, tmp_path):
-    """2 ranks x batch 2 (gloo, DDP) == 1 process x batch 4: same samples, averaged gradients."""
-    common = dict(iters_per_epoch=3, sample_generations=0)
+def assert_torchrun_matches_one_process(tiny_assets, tmp_path, master_port: int, **run_options) -> None:
+    """Train 2 ranks x batch 2 under torchrun (gloo, DDP) into tmp_path/two and 1 process x
+    batch 4 into tmp_path/one; assert the trained weights agree (same samples, averaged gradients)."""
+    common = dict(iters_per_epoch=3, sample_generations=0, **run_options)
     two = write_yaml(tiny_config(tiny_assets, tmp_path / "two", batch_size_train=2, **common), tmp_path / "two.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(master_port),
          str(REPO / "train.py"), "--cfg-path", str(two)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = write_yaml(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common), tmp_path / "one.yaml")
@@ -137,5 +137,10 @@ def test_torchrun_two_processes_on_cpu_matches_one_process(tiny_assets, tmp_path
     b = read_checkpoint(tmp_path / "one" / "checkpoints" / "checkpoint_last.pt")["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_torchrun_two_processes_on_cpu_matches_one_process(tiny_assets, tmp_path):
+    """2 ranks x batch 2 (gloo, DDP) == 1 process x batch 4: same samples, averaged gradients."""
+    assert_torchrun_matches_one_process(tiny_assets, tmp_path, 29517)
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3
     assert OmegaConf.load(tmp_path / "two" / "config.yaml").run.batch_size_train == 2
