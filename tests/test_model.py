@@ -63,7 +63,7 @@ def test_only_projection_trains_and_frozen_parts_stay_in_eval(model):
     assert model.projector.training
     assert not model.encoder.training and not model.llm.training
     assert all(not m.training for m in model.encoder.modules())
-    assert set(model.trainable_state_dict()) == trainable
+    assert set(model.trainable_state_dict()) == trainable | {"projector.input_norm"}
 
 
 def test_frozen_weights_get_no_gradient(model):
@@ -91,6 +91,23 @@ def test_trainable_checkpoint_roundtrip_and_errors(model, tiny_model_factory):
         other.load_trainable_state_dict({"projector.proj.weight": model.projector.proj.weight}, "x")
     with pytest.raises(ValueError, match="shape"):
         other.load_trainable_state_dict({"projector.proj.weight": torch.zeros(2, 2), "projector.proj.bias": torch.zeros(2)}, "x")
+
+
+def test_projector_norm_normalises_each_token_and_checkpoints_must_match(model, tiny_model_factory):
+    normed = tiny_model_factory(seed=5, projector_norm=True)
+    assert {n for n, p in normed.named_parameters() if p.requires_grad} == {"projector.proj.weight", "projector.proj.bias"}
+    feats = torch.randn(2, normed.encoder.num_tokens, normed.encoder.output_dim) * 7 + 3
+    scaled = feats * 5 - 2  # a per-token affine change of the features is normalised away
+    with torch.no_grad():
+        torch.testing.assert_close(normed.project_features(feats), normed.project_features(scaled), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(model.project_features(feats), model.project_features(scaled), atol=1e-2)
+    with pytest.raises(ValueError, match="trained with model.projector_norm=false"):
+        normed.load_trainable_state_dict(model.trainable_state_dict(), "plain.pt")
+    with pytest.raises(ValueError, match="trained with model.projector_norm=true"):
+        model.load_trainable_state_dict(normed.trainable_state_dict(), "normed.pt")
+    again = tiny_model_factory(seed=6, projector_norm=True)
+    again.load_trainable_state_dict(normed.trainable_state_dict(), "normed.pt")
+    assert torch.equal(again.projector.proj.weight, normed.projector.proj.weight)
 
 
 def test_beam_search_and_sampling_run_batched(model):

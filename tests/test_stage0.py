@@ -191,3 +191,22 @@ def test_stage0_lowers_held_out_perplexity_on_real_openi_summaries(tmp_path):
     print(f"held-out perplexity on real OpenI summaries: {before:.1f} -> {after:.1f} ({100 * (1 - after / before):.0f}% lower)")
     assert after <= 0.7 * before
     random.seed(0)
+
+
+def test_summaries_context_slot_places_each_label_repeats_times(tmp_path, ptok):
+    anns = [{"image_id": "a", "caption": "Cardiomegaly and a nodule."}, {"image_id": "b", "caption": "Normal."},
+            {"image_id": "c", "caption": "No context for this one."}]
+    (tmp_path / "filter_cap.json").write_text(json.dumps({"annotations": anns}))
+    (tmp_path / "labels.json").write_text(json.dumps({"a": ["cardiomegaly", "pleural_effusion"], "b": []}))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("<Img><ImageHere></Img> Describe.\n")
+    ds = build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
+                         context_slot_length=10, context_slot_repeats=3)
+    assert [c[0] for c in ds.conversations] == ["a", "b"]
+    slot = ds.conversations[0][2][0][0].split("<Img>")[1].split("</Img>")[0].split(" ")
+    assert len(slot) == 10 + 3  # "pleural effusion" is two words in one item
+    assert slot.count("cardiomegaly") == 3 and slot.count("effusion") == 3 and slot.count("-") == 10 - 6
+    assert ds.conversations[1][2][0][0].startswith("<Img>" + " ".join(["-"] * 10) + "</Img>")
+    with pytest.raises(DatasetError, match="context_slot_repeats must be >= 1"):
+        build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
+                        context_slot_length=10, context_slot_repeats=0)

@@ -169,6 +169,7 @@ def build_summaries(
     seed: int = 0,
     context_file: str | None = None,
     context_slot_length: int = 0,
+    context_slot_repeats: int = 1,
 ) -> ConversationDataset:
     """One conversation per summary of an XrayGPT `filter_cap.json` (images are not needed).
 
@@ -186,11 +187,16 @@ def build_summaries(
         context_slot_length: when > 0 and the context is a label list, the slot holds this many
             items: each label at a random (seeded) position, "-" elsewhere, like image tokens in
             which a few patches show a finding and the rest show background.
+        context_slot_repeats: with `context_slot_length`, each label fills this many positions
+            (as a finding covers several patches).
     """
     annotations = read_annotations(Path(root) / ann_file)
     if max_samples > 0:
         annotations = annotations[:max_samples]
-    contexts = _read_context(Path(root), context_file, context_slot_length, seed) if context_file else None
+    if context_slot_repeats < 1:
+        raise DatasetError(f"context_slot_repeats must be >= 1, got {context_slot_repeats}")
+    contexts = (_read_context(Path(root), context_file, context_slot_length, seed, context_slot_repeats)
+                if context_file else None)
     instructions = load_instructions(prompt_path)
     if contexts is None:
         instructions = [_text_only(i) for i in instructions]
@@ -213,7 +219,8 @@ def build_summaries(
     return _finalise(f"summaries {root}", candidates, skipped, len(annotations), prompt_tokenizer, max_len)
 
 
-def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int = 0) -> dict[str, str]:
+def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int = 0,
+                  repeats: int = 1) -> dict[str, str]:
     """{image_id: slot text} from a JSON mapping to a string or a list of labels (see build_summaries)."""
     path = Path(context_file)
     path = path if path.is_absolute() or path.is_file() else root / path
@@ -231,6 +238,7 @@ def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int
         if isinstance(value, list):
             words = [str(v).replace("_", " ") for v in value]
             if slot_length > 0:
+                words = [w for w in words for _ in range(repeats)]
                 slot = ["-"] * max(slot_length, len(words))
                 for word, pos in zip(words, rng.sample(range(len(slot)), len(words))):
                     slot[pos] = word

@@ -54,7 +54,11 @@ class XrayGPT(nn.Module):
         freeze_encoder: keep the encoder frozen and in eval mode (the recipe: True).
         freeze_llm: keep the LLM frozen and in eval mode (the recipe: True).
         projector_bias: whether the projection has a bias.
+        projector_norm: LayerNorm each frozen feature token (no weights) before the projection.
     """
+
+    # The projector's saved normalisation flag, which a checkpoint must match.
+    NORM_KEY = "projector.input_norm"
 
     # Config sections built by `xraygpt.builders` and passed in as objects: section -> builder.
     CONFIG_SECTIONS = {"encoder": load_medclip_vision_encoder, "llm": load_llm, "prompt": PromptFormat}
@@ -68,12 +72,14 @@ class XrayGPT(nn.Module):
         freeze_encoder: bool = True,
         freeze_llm: bool = True,
         projector_bias: bool = True,
+        projector_norm: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
-        self.projector = LinearProjector(encoder.output_dim, hidden, bias=projector_bias)
+        self.projector = LinearProjector(encoder.output_dim, hidden, bias=projector_bias,
+                                         normalize_input=projector_norm)
         self.projector.to(torch.float32)
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, encoder.num_tokens)
@@ -96,8 +102,8 @@ class XrayGPT(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the parameters that train (the projection in stages 1-2): megabytes, not gigabytes."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        """The parameters that train (the projection in stages 1-2) and the projector's normalisation flag."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad} | {self.NORM_KEY}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
@@ -106,6 +112,11 @@ class XrayGPT(nn.Module):
         unknown = [k for k in state if k not in own]
         if unknown:
             raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}")
+        trained_norm = bool(state.get(self.NORM_KEY, torch.tensor(False)))
+        if trained_norm != self.projector.normalize_input:
+            raise ValueError(f"checkpoint {source} was trained with model.projector_norm={str(trained_norm).lower()}; "
+                             f"set the same value to load it")
+        state = {**state, self.NORM_KEY: own[self.NORM_KEY]}
         wanted = set(self.trainable_state_dict())
         missing = sorted(wanted - set(state))
         if missing:
