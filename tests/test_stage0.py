@@ -193,7 +193,7 @@ def test_stage0_lowers_held_out_perplexity_on_real_openi_summaries(tmp_path):
     random.seed(0)
 
 
-def test_summaries_context_slot_places_each_label_repeats_times(tmp_path, ptok):
+def test_summaries_context_slot_places_each_label_repeats_times(tmp_path, ptok, caplog):
     anns = [{"image_id": "a", "caption": "Cardiomegaly and a nodule."}, {"image_id": "b", "caption": "Normal."},
             {"image_id": "c", "caption": "No context for this one."}]
     (tmp_path / "filter_cap.json").write_text(json.dumps({"annotations": anns}))
@@ -201,12 +201,17 @@ def test_summaries_context_slot_places_each_label_repeats_times(tmp_path, ptok):
     prompts = tmp_path / "p.txt"
     prompts.write_text("<Img><ImageHere></Img> Describe.\n")
     ds = build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
-                         context_slot_length=10, context_slot_repeats=3)
+                         context_slot_length=10, context_slot_repeats=3, context_slot_filler="-")
     assert [c[0] for c in ds.conversations] == ["a", "b"]
     slot = ds.conversations[0][2][0][0].split("<Img>")[1].split("</Img>")[0].split(" ")
     assert len(slot) == 10 + 3  # "pleural effusion" is two words in one item
     assert slot.count("cardiomegaly") == 3 and slot.count("effusion") == 3 and slot.count("-") == 10 - 6
     assert ds.conversations[1][2][0][0].startswith("<Img>" + " ".join(["-"] * 10) + "</Img>")
+    with caplog.at_level(logging.WARNING):
+        ds = build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
+                             context_slot_length=10, context_slot_filler="background")
+    assert "context_slot_filler 'background' is" in caplog.text
+    assert ds.conversations[1][2][0][0].startswith("<Img>" + " ".join(["background"] * 10) + "</Img>")
     with pytest.raises(DatasetError, match="context_slot_repeats must be >= 1"):
         build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
                         context_slot_length=10, context_slot_repeats=0)

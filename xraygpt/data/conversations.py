@@ -170,6 +170,7 @@ def build_summaries(
     context_file: str | None = None,
     context_slot_length: int = 0,
     context_slot_repeats: int = 1,
+    context_slot_filler: str = "o",
 ) -> ConversationDataset:
     """One conversation per summary of an XrayGPT `filter_cap.json` (images are not needed).
 
@@ -185,18 +186,26 @@ def build_summaries(
             `<Img>text</Img>`, so the LLM learns to read the slot (an empty list reads
             "normal").  Relative paths are taken inside `root`.
         context_slot_length: when > 0 and the context is a label list, the slot holds this many
-            items: each label at a random (seeded) position, "-" elsewhere, like image tokens in
-            which a few patches show a finding and the rest show background.
+            items: each label at a random (seeded) position, `context_slot_filler` elsewhere, like
+            image tokens in which a few patches show a finding and the rest show background.
         context_slot_repeats: with `context_slot_length`, each label fills this many positions
             (as a finding covers several patches).
+        context_slot_filler: the background item; it should be one token of the LLM's tokenizer
+            (a warning says when it is not), so the slot lines up token for token with the
+            image tokens that replace it in stages 1-2.
     """
     annotations = read_annotations(Path(root) / ann_file)
     if max_samples > 0:
         annotations = annotations[:max_samples]
     if context_slot_repeats < 1:
         raise DatasetError(f"context_slot_repeats must be >= 1, got {context_slot_repeats}")
-    contexts = (_read_context(Path(root), context_file, context_slot_length, seed, context_slot_repeats)
-                if context_file else None)
+    if context_file and context_slot_length > 0:
+        pieces = len(prompt_tokenizer.tokenizer(context_slot_filler, add_special_tokens=False)["input_ids"])
+        if pieces != 1:
+            logger.warning("context_slot_filler %r is %d tokens in this tokenizer; a one-token filler lines the slot "
+                           "up with the image tokens", context_slot_filler, pieces)
+    contexts = (_read_context(Path(root), context_file, context_slot_length, seed, context_slot_repeats,
+                              context_slot_filler) if context_file else None)
     instructions = load_instructions(prompt_path)
     if contexts is None:
         instructions = [_text_only(i) for i in instructions]
@@ -220,7 +229,7 @@ def build_summaries(
 
 
 def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int = 0,
-                  repeats: int = 1) -> dict[str, str]:
+                  repeats: int = 1, filler: str = "o") -> dict[str, str]:
     """{image_id: slot text} from a JSON mapping to a string or a list of labels (see build_summaries)."""
     path = Path(context_file)
     path = path if path.is_absolute() or path.is_file() else root / path
@@ -239,7 +248,7 @@ def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int
             words = [str(v).replace("_", " ") for v in value]
             if slot_length > 0:
                 words = [w for w in words for _ in range(repeats)]
-                slot = ["-"] * max(slot_length, len(words))
+                slot = [filler] * max(slot_length, len(words))
                 for word, pos in zip(words, rng.sample(range(len(slot)), len(words))):
                     slot[pos] = word
                 value = " ".join(slot)
