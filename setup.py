@@ -29,10 +29,13 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # the tests exercise the demo (gradio_client, a headless browser via selenium) and the metrics
-        "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2", "pydicom>=3"],
+        # the tests exercise the demo (gradio_client, a headless browser via selenium), the metrics
+        # and 8/4-bit inference (bitsandbytes runs on the CPU too)
+        "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2", "pydicom>=3",
+                "bitsandbytes>=0.49"],
         "demo": ["gradio>=6,<7"],
         "dicom": ["pydicom>=3"],
         "eval": ["rouge-score>=0.1.2"],
+        "quant": ["bitsandbytes>=0.49"],
     },
 )

@@ -6,6 +6,12 @@ tokenizer always comes from `from_pretrained(folder)`; the tokenizer may have no
 set one for batching; positions are masked out anyway); `dtype=` replaces `torch_dtype=`.
 BOS is added explicitly by `xraygpt.conversation`, not by tokenizer flags.
 
+Low-resource inference (`quantization: 8bit | 4bit`): the LLM's linear layers are loaded
+through bitsandbytes (LLM.int8 or NF4 with double quantization, computing in `dtype`), placed on
+the GPU when there is one (else the CPU, which bitsandbytes >= 0.49 also runs); the embedding
+table, the norms, the MedCLIP encoder and the projection keep full precision.  bitsandbytes is
+an optional extra (`pip install -e .[quant]`).
+
 Speed switches for training (`run.gradient_checkpointing`, `run.compile`) act on the decoder
 layers here: `checkpoint_decoder_layers` (written with torch.utils.checkpoint rather than
 transformers' `gradient_checkpointing_enable`, which only acts on modules in training mode
@@ -16,6 +22,7 @@ the graph breaks of the image splice and the loss's data-dependent shapes).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATION_MODES = ("none", "8bit", "4bit")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
@@ -63,17 +71,25 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa",
+             quantization: str = "none") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a local Hugging Face folder (config + weights + tokenizer).
 
     Args:
         path: folder with `config.json`, weights (safetensors or bin) and tokenizer files.
         dtype: `auto` (bf16 on a capable GPU, fp32 on CPU), `float32`, `bfloat16` or `float16`.
         attn_implementation: passed to transformers (`sdpa`, `eager`, `flash_attention_2`).
+        quantization: `none`, or `8bit` / `4bit` linear layers through bitsandbytes (frozen use
+            only: evaluation, the demo, or a stage whose LLM is frozen).
     """
     folder = Path(path)
     if not folder.is_dir():
         raise LLMLoadError(f"LLM folder {folder} does not exist")
+    if quantization not in QUANTIZATION_MODES:
+        raise LLMLoadError(f"model.llm.quantization must be one of {QUANTIZATION_MODES}, got {quantization!r}")
+    if quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise LLMLoadError(f"model.llm.quantization={quantization} needs the bitsandbytes package: "
+                           "pip install -e .[quant]")
     if attn_implementation.startswith("flash_attention") and not torch.cuda.is_available():
         raise LLMLoadError(f"model.llm.attn_implementation {attn_implementation} needs a CUDA GPU (and the flash-attn "
                            "package); use sdpa, which picks a flash kernel on GPUs where it can")
@@ -82,9 +98,13 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") 
     tokenizer = load_tokenizer(folder)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, device)
+    placement = {}
+    if quantization != "none":
+        placement = {"quantization_config": bnb_config(quantization, torch_dtype),
+                     "device_map": {"": torch.cuda.current_device()} if device == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True
+            str(folder), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True, **placement
         )
     except Exception as exc:
         raise LLMLoadError(f"cannot load the LLM in {folder}: {str(exc).splitlines()[0]}") from exc
@@ -94,8 +114,24 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa") 
             f"tokenizer has {len(tokenizer)} tokens"
         )
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("LLM loaded from %s: %.1fM parameters, %s", folder, n_params / 1e6, torch_dtype)
+    logger.info("LLM loaded from %s: %.1fM parameters, %s%s (%.1f MB)", folder, n_params / 1e6, torch_dtype,
+                "" if quantization == "none" else f", {quantization} linear layers", model.get_memory_footprint() / 1e6)
     return model, tokenizer
+
+
+def bnb_config(quantization: str, compute_dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for `8bit` (LLM.int8) or `4bit` (NF4, double quantization)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def is_quantized(llm: torch.nn.Module) -> bool:
+    """Whether `llm` was loaded with bitsandbytes quantization (`load_llm(quantization=...)`)."""
+    return getattr(llm, "hf_quantizer", None) is not None
 
 
 def decoder_layers(llm: torch.nn.Module) -> torch.nn.ModuleList:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xraygpt.conversation import PromptFormat, PromptTokenizer
-from xraygpt.models.llm import load_llm
+from xraygpt.models.llm import is_quantized, load_llm
 from xraygpt.models.loss import target_token_loss
 from xraygpt.registry import register
 
@@ -56,6 +56,9 @@ class LLMSFT(nn.Module):
         super().__init__()
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"model.finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        if is_quantized(llm):
+            raise ValueError("stage 0 trains the LLM: load it unquantized (model.llm.quantization: none); "
+                             "quantization is for a frozen LLM")
         self.finetune = finetune
         if finetune == "lora":
             from peft import LoraConfig, get_peft_model

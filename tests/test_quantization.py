@@ -1,0 +1,90 @@
+"""Low-resource inference: the LLM in 8 or 4 bits through bitsandbytes (on CPU here), the
+encoder and projection in full precision; clear errors where it cannot apply."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from test_evaluate import checkpoint, eval_config, read_rows, run_main  # noqa: F401 (checkpoint: a fixture)
+from xraygpt.models.llm import LLMLoadError, is_quantized, load_llm
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+bnb_missing = importlib.util.find_spec("bitsandbytes") is None
+needs_bnb = pytest.mark.skipif(bnb_missing, reason="bitsandbytes is not installed (pip install -e .[quant])")
+
+
+def _linear_types(llm) -> set[str]:
+    return {type(m).__name__ for m in llm.model.layers.modules() if "Linear" in type(m).__name__}
+
+
+@needs_bnb
+@pytest.mark.parametrize("bits,layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
+def test_quantized_llm_has_bnb_linears_less_memory_and_close_logits(tiny_assets, bits, layer):
+    full, tok = load_llm(str(tiny_assets["llm"]), dtype="float32")
+    quant, _ = load_llm(str(tiny_assets["llm"]), dtype="float32", quantization=bits)
+    assert is_quantized(quant) and not is_quantized(full)
+    assert _linear_types(quant) == {layer}
+    assert quant.get_input_embeddings().weight.dtype == torch.float32  # the embedding table is not quantized
+    assert quant.get_memory_footprint() < full.get_memory_footprint()
+    ids = torch.tensor([tok("The heart is enlarged. There is a small left pleural effusion.")["input_ids"]])
+    with torch.no_grad():
+        ref, out = full(ids).logits.float(), quant(ids).logits.float()
+    # the quantization error is small next to the spread of the logits (NF4 is coarser than int8)
+    limit = {"8bit": 0.05, "4bit": 0.3}[bits]
+    assert (out - ref).abs().mean() < limit * ref.std()
+
+
+@needs_bnb
+def test_xraygpt_with_a_4bit_llm_generates_and_trains_only_the_projection(tiny_model_factory):
+    from test_model import _samples
+    from xraygpt.data.collate import GenerationCollator, TrainCollator
+
+    model = tiny_model_factory(llm={"quantization": "4bit"})
+    assert is_quantized(model.llm)
+    assert all(p.dtype == torch.float32 for p in model.encoder.parameters())
+    assert model.projector.proj.weight.dtype == torch.float32
+    samples = _samples(3)
+    model.zero_grad(set_to_none=True)
+    model(**TrainCollator(model.prompt_tokenizer)(samples))["loss"].backward()
+    assert model.projector.proj.weight.grad is not None
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("projector"))
+    batch = GenerationCollator(model.prompt_tokenizer)(samples)
+    model.eval()
+    texts = model.generate(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=8)
+    model.train()
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_quantization_errors_name_the_key(tiny_assets, monkeypatch):
+    with pytest.raises(LLMLoadError, match="quantization must be one of"):
+        load_llm(str(tiny_assets["llm"]), quantization="3bit")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(LLMLoadError, match=r"quantization=4bit needs the bitsandbytes package: pip install -e .\[quant\]"):
+        load_llm(str(tiny_assets["llm"]), quantization="4bit")
+
+
+@needs_bnb
+def test_stage0_refuses_a_quantized_llm(tiny_assets):
+    from xraygpt.conversation import PromptFormat
+    from xraygpt.models.llm_sft import LLMSFT
+
+    llm, tok = load_llm(str(tiny_assets["llm"]), dtype="float32", quantization="8bit")
+    with pytest.raises(ValueError, match="stage 0 trains the LLM: load it unquantized"):
+        LLMSFT(llm, tok, PromptFormat(), finetune="lora")
+
+
+
+@needs_bnb
+def test_evaluate_runs_end_to_end_with_a_4bit_llm(tiny_assets, checkpoint, tmp_path, capsys):
+    """evaluate.py with `model.llm.quantization=4bit`: every image gets a prediction, metrics are written."""
+    out = tmp_path / "out"
+    code, _, err = run_main(eval_config(tiny_assets, checkpoint, out), tmp_path / "eval.yaml", capsys,
+                            ["model.llm.quantization=4bit"])
+    assert code == 0, err
+    rows = read_rows(out)
+    assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
+    assert json.loads((out / "metrics.json").read_text())["num_scored"] == 8
+    assert any("4bit linear layers" in line for line in err)  # the load is logged
