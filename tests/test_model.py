@@ -94,18 +94,20 @@ def test_trainable_checkpoint_roundtrip_and_errors(model, tiny_model_factory):
 
 
 def test_projector_norm_normalises_each_token_and_checkpoints_must_match(model, tiny_model_factory):
-    normed = tiny_model_factory(seed=5, projector_norm=True)
+    normed = tiny_model_factory(seed=5, projector_norm="layernorm")
     assert {n for n, p in normed.named_parameters() if p.requires_grad} == {"projector.proj.weight", "projector.proj.bias"}
     feats = torch.randn(2, normed.encoder.num_tokens, normed.encoder.output_dim) * 7 + 3
     scaled = feats * 5 - 2  # a per-token affine change of the features is normalised away
     with torch.no_grad():
         torch.testing.assert_close(normed.project_features(feats), normed.project_features(scaled), atol=1e-4, rtol=1e-4)
         assert not torch.allclose(model.project_features(feats), model.project_features(scaled), atol=1e-2)
-    with pytest.raises(ValueError, match="trained with model.projector_norm=false"):
+    with pytest.raises(ValueError, match="trained with model.projector_norm=none"):
         normed.load_trainable_state_dict(model.trainable_state_dict(), "plain.pt")
-    with pytest.raises(ValueError, match="trained with model.projector_norm=true"):
+    with pytest.raises(ValueError, match="trained with model.projector_norm=layernorm"):
         model.load_trainable_state_dict(normed.trainable_state_dict(), "normed.pt")
-    again = tiny_model_factory(seed=6, projector_norm=True)
+    with pytest.raises(ValueError, match="projector_norm must be one of"):
+        tiny_model_factory(projector_norm="batchnorm")
+    again = tiny_model_factory(seed=6, projector_norm="layernorm")
     again.load_trainable_state_dict(normed.trainable_state_dict(), "normed.pt")
     assert torch.equal(again.projector.proj.weight, normed.projector.proj.weight)
 

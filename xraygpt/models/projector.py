@@ -1,8 +1,11 @@
 """The one trainable layer of the recipe: a linear map from image features to LLM embeddings.
 
-An optional parameter-free LayerNorm of each frozen feature token may precede the map: it puts
-every token on the same scale (zero mean, unit variance over the feature axis) without adding a
-trainable weight, so the projection still is the only thing that learns.
+A parameter-free normalisation of the frozen feature tokens may precede the map (it adds no
+trainable weight, so the projection still is the only thing that learns):
+
+- ``none``: the features as the encoder gives them (the recipe as published);
+- ``layernorm``: each token LayerNormed over its features (zero mean, unit variance), so every
+  token reaches the projection on the same scale.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+NORM_MODES = ("none", "layernorm")
 
 
 class LinearProjector(nn.Module):
@@ -19,20 +24,21 @@ class LinearProjector(nn.Module):
         in_dim: the encoder's feature size.
         out_dim: the LLM's hidden size.
         bias: whether the linear map has a bias.
-        normalize_input: LayerNorm each input token over its in_dim features first (no weights,
-            eps 1e-5, in float32).
+        norm: one of NORM_MODES, applied to the input tokens in float32 (LayerNorm eps 1e-5).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, normalize_input: bool = False):
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, norm: str = "none"):
         super().__init__()
+        if norm not in NORM_MODES:
+            raise ValueError(f"model.projector_norm must be one of {NORM_MODES}, got {norm!r}")
         self.proj = nn.Linear(in_dim, out_dim, bias=bias)
-        self.normalize_input = normalize_input
+        self.norm = norm
         # Saved with the weights so a checkpoint cannot be loaded into a projector that
         # normalises differently (see XrayGPT.load_trainable_state_dict).
-        self.register_buffer("input_norm", torch.tensor(normalize_input))
+        self.register_buffer("input_norm", torch.tensor(NORM_MODES.index(norm)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features.to(self.proj.weight.dtype)
-        if self.normalize_input:
+        if self.norm == "layernorm":
             x = F.layer_norm(x.float(), (x.shape[-1],)).to(x.dtype)
         return self.proj(x)

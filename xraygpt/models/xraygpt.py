@@ -27,7 +27,7 @@ from xraygpt.models.llm import load_llm
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
 from xraygpt.models.loss import target_token_loss
 from xraygpt.models.multimodal import embed_with_images
-from xraygpt.models.projector import LinearProjector
+from xraygpt.models.projector import NORM_MODES, LinearProjector
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class XrayGPT(nn.Module):
         freeze_encoder: keep the encoder frozen and in eval mode (the recipe: True).
         freeze_llm: keep the LLM frozen and in eval mode (the recipe: True).
         projector_bias: whether the projection has a bias.
-        projector_norm: LayerNorm each frozen feature token (no weights) before the projection.
+        projector_norm: parameter-free normalisation of the frozen feature tokens before the
+            projection: `none` or `layernorm` (see xraygpt.models.projector).
     """
 
     # The projector's saved normalisation flag, which a checkpoint must match.
@@ -72,14 +73,14 @@ class XrayGPT(nn.Module):
         freeze_encoder: bool = True,
         freeze_llm: bool = True,
         projector_bias: bool = True,
-        projector_norm: bool = False,
+        projector_norm: str = "none",
     ):
         super().__init__()
         self.encoder = encoder
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = LinearProjector(encoder.output_dim, hidden, bias=projector_bias,
-                                         normalize_input=projector_norm)
+                                         norm=projector_norm)
         self.projector.to(torch.float32)
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, encoder.num_tokens)
@@ -112,9 +113,10 @@ class XrayGPT(nn.Module):
         unknown = [k for k in state if k not in own]
         if unknown:
             raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}")
-        trained_norm = bool(state.get(self.NORM_KEY, torch.tensor(False)))
-        if trained_norm != self.projector.normalize_input:
-            raise ValueError(f"checkpoint {source} was trained with model.projector_norm={str(trained_norm).lower()}; "
+        code = int(state.get(self.NORM_KEY, torch.tensor(0)))
+        trained_norm = NORM_MODES[code] if 0 <= code < len(NORM_MODES) else f"unknown ({code})"
+        if trained_norm != self.projector.norm:
+            raise ValueError(f"checkpoint {source} was trained with model.projector_norm={trained_norm}; "
                              f"set the same value to load it")
         state = {**state, self.NORM_KEY: own[self.NORM_KEY]}
         wanted = set(self.trainable_state_dict())
