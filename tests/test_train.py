@@ -65,7 +65,9 @@ def test_outputs_written(stage1_run):
 
 def test_checkpoint_holds_only_trainable_weights(stage1_run):
     ckpt = read_checkpoint(stage1_run["out"] / "checkpoints" / "checkpoint_last.pt")
-    assert set(ckpt["model"]) == {"projector.proj.weight", "projector.proj.bias"}
+    # the trainable weights and the projector's normalisation flag (a scalar), nothing frozen
+    assert set(ckpt["model"]) == {"projector.proj.weight", "projector.proj.bias", "projector.input_norm"}
+    assert ckpt["model"]["projector.input_norm"].numel() == 1
     assert ckpt["step"] == 6 and "optimizer" in ckpt and "rng" in ckpt
     assert torch.equal(ckpt["model"]["projector.proj.weight"], stage1_run["model"].projector.proj.weight)
 
