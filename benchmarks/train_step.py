@@ -146,6 +146,21 @@ def saved_activation_mb(model, task, batch: dict) -> float:
     return sum(seen.values()) / 2**20
 
 
+def count_flops(model, task, batches: dict[str, list[dict]], amp) -> tuple[float, float]:
+    """(Swin-T forward FLOPs per image, fwd+bwd FLOPs per sample from cached features), counted by
+    torch.utils.flop_counter on the first timed batch of `images` and of `grouped`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images, cached = batches["images"][1], batches["grouped"][1]
+    with FlopCounterMode(display=False) as enc, torch.no_grad(), amp:
+        model.encoder(images["pixel_values"])
+    with FlopCounterMode(display=False) as step, amp:
+        task.train_step(model, cached)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return (enc.get_total_flops() / len(images["pixel_values"]),
+            step.get_total_flops() / len(cached["image_features"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -242,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 act = saved_activation_mb(model, task, batches[mode][0])
             memory[mode] = (act, torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
 
+        enc_flops, step_flops = count_flops(model, task, batches, amp)
         n_flop = llm_flop_params(model.llm)
         peak = peak_tflops(device)
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads: {torch.get_num_threads()}"
@@ -272,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cached features vs images on the fly: {rates['grouped'] / rates['images']:.2f}x the step rate; "
               f"max |per-sample loss difference|: fp32 features {loss_gap[torch.float32]:.2e}, "
               f"fp16 features {loss_gap[torch.float16]:.2e}")
+        print(f"counted FLOPs: Swin-T forward {enc_flops / 1e9:.1f} G/image, stage-1 fwd+bwd from cached features "
+              f"{step_flops / 1e9:.1f} G/sample; so the cache can gain at most {1 + enc_flops / step_flops:.2f}x "
+              f"where time follows FLOPs (image decoding not included)")
         if device.type != "cuda":
             print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     return 0
