@@ -207,6 +207,24 @@ def test_tiny_eval_reads_the_embedded_stage2_checkpoint_and_test_split():
     assert raw["datasets"]["openi"]["root"] == "dataset/embedded/data/openi/test"
 
 
+def test_tiny_eval_and_demo_build_the_model_stage2_trained():
+    """Their model sections are tiny_stage2's, defaults filled in, but the checkpoint: a key that
+    differs, e.g. projector_norm, would refuse the stage-2 checkpoint or change the model."""
+    from omegaconf import OmegaConf
+
+    from xraygpt.config import load_config
+    from xraygpt.ui.settings import load_demo_config
+
+    def model_section(cfg):
+        model = OmegaConf.to_container(cfg.model)
+        model.pop("ckpt")
+        return model
+
+    trained = model_section(load_config(REPO / "train_configs" / "tiny_stage2.yaml"))
+    assert model_section(evaluate.load_eval_config(REPO / "eval_configs" / "tiny_eval.yaml")) == trained
+    assert model_section(load_demo_config(REPO / "eval_configs" / "demo_tiny.yaml")) == trained
+
+
 def test_eval_readme_documents_every_evaluation_key():
     readme = (REPO / "eval_configs" / "README.md").read_text()
     cfg = evaluate.load_eval_config(REPO / "eval_configs" / "tiny_eval.yaml")
