@@ -3,10 +3,12 @@ encoder and projection in full precision; clear errors where it cannot apply."""
 
 import importlib.util
 import json
+import os
 
 import pytest
 import torch
 
+from conftest import REPO
 from test_evaluate import checkpoint, eval_config, read_rows, run_main  # noqa: F401 (checkpoint: a fixture)
 from xraygpt.models.llm import LLMLoadError, is_quantized, load_llm
 
@@ -88,3 +90,24 @@ def test_evaluate_runs_end_to_end_with_a_4bit_llm(tiny_assets, checkpoint, tmp_p
     assert len(rows) == 8 and all(isinstance(r["prediction"], str) for r in rows)
     assert json.loads((out / "metrics.json").read_text())["num_scored"] == 8
     assert any("4bit linear layers" in line for line in err)  # the load is logged
+
+
+@needs_bnb
+def test_bitsandbytes_import_reaches_no_hub_even_with_the_kernels_package(tiny_assets, tmp_path):
+    """bitsandbytes' CPU backend calls `kernels.get_kernel` (a Hugging Face hub download) at import
+    on AVX512-BF16 CPUs; a stand-in `kernels` package that records any call must stay uncalled."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "hub_called"
+    (fake / "__init__.py").write_text(f"def get_kernel(*a, **k):\n    open({str(marker)!r}, 'w').close()\n    raise OSError('hub')\n")
+    code = ("from xraygpt.models.llm import load_llm\n"
+            f"load_llm({str(tiny_assets['llm'])!r}, dtype='float32', quantization='4bit')\n"
+            "import kernels\n"  # the real package stays importable afterwards
+            "assert kernels.get_kernel\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not marker.exists()

@@ -10,7 +10,10 @@ Low-resource inference (`quantization: 8bit | 4bit`): the LLM's linear layers ar
 through bitsandbytes (LLM.int8 or NF4 with double quantization, computing in `dtype`), placed on
 the GPU when there is one (else the CPU, which bitsandbytes >= 0.49 also runs); the embedding
 table, the norms, the MedCLIP encoder and the projection keep full precision.  bitsandbytes is
-an optional extra (`pip install -e .[quant]`).
+an optional extra (`pip install -e .[quant]`).  On CPUs with AVX512-BF16, importing
+bitsandbytes asks the optional `kernels` package for a kernel from the Hugging Face hub;
+`import_bitsandbytes_offline` blocks that import (bitsandbytes then uses its built-in kernel),
+so nothing here reaches a hub.
 
 Speed switches for training (`run.gradient_checkpointing`, `run.compile`) act on the decoder
 layers here: `checkpoint_decoder_layers` (written with torch.utils.checkpoint rather than
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -100,6 +104,7 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa",
     torch_dtype = resolve_dtype(dtype, device)
     placement = {}
     if quantization != "none":
+        import_bitsandbytes_offline()
         placement = {"quantization_config": bnb_config(quantization, torch_dtype),
                      "device_map": {"": torch.cuda.current_device()} if device == "cuda" else "cpu"}
     try:
@@ -117,6 +122,20 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa",
     logger.info("LLM loaded from %s: %.1fM parameters, %s%s (%.1f MB)", folder, n_params / 1e6, torch_dtype,
                 "" if quantization == "none" else f", {quantization} linear layers", model.get_memory_footprint() / 1e6)
     return model, tokenizer
+
+
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes with the `kernels` package hidden, so its import fetches nothing from a hub."""
+    missing = object()
+    saved = sys.modules.get("kernels", missing)
+    sys.modules["kernels"] = None  # `from kernels import ...` raises ImportError; bitsandbytes falls back
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        if saved is missing:
+            del sys.modules["kernels"]
+        else:
+            sys.modules["kernels"] = saved
 
 
 def bnb_config(quantization: str, compute_dtype: torch.dtype):
