@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
+from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
 from xraygpt.training.distributed import resolve_device  # noqa: E402
 from xraygpt.ui.settings import demo_settings, load_demo_config  # noqa: E402
 
@@ -28,15 +29,13 @@ FLAGS = ("host", "port", "auth_file", "concurrency_limit")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg-path", required=True, help="demo YAML (eval_configs/demo_*.yaml)")
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. demo.max_new_tokens=80 model.ckpt=run/checkpoints/checkpoint_last.pt")
+    add_config_arguments(parser, "demo YAML (eval_configs/demo_*.yaml)",
+                         "override config keys, e.g. demo.max_new_tokens=80 model.ckpt=run/checkpoints/checkpoint_last.pt")
     parser.add_argument("--host", help="interface to bind (demo.host; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (demo.port; default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (demo.share)")
     parser.add_argument("--auth-file", help="file of user:password lines; asks for a login (demo.auth_file)")
     parser.add_argument("--concurrency-limit", type=int, help="answers generated at once (demo.concurrency_limit)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for start-up errors")
     return parser.parse_args(argv)
 
@@ -56,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.auth()  # a bad auth file fails here, before the model loads
         model = builders.build_model(cfg.model).to(resolve_device(settings.device)).eval()
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return startup_error(exc, args.debug)
     from xraygpt.ui.app import build_app, launch  # Gradio is imported only to serve
 
     try:

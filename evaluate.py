@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
+from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
@@ -40,9 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--names", nargs="+", default=None, help="one column name per file")
         parser.add_argument("--phrases-dir", default=None, help="phrase lists replacing the labeler's own")
     else:
-        parser.add_argument("--cfg-path", required=True, help="evaluation YAML (eval_configs/*.yaml)")
-        parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
-        parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        add_config_arguments(parser, "evaluation YAML (eval_configs/*.yaml)", "override config keys")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     return parser.parse_args(argv)
 
@@ -79,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_eval_config(args.cfg_path, args.options)
             table = OmegaConf.to_yaml(cfg) if args.print_config else evaluate(cfg)
     except ERRORS as exc:
-        if args.debug:
-            raise
-        print(f"error: {(str(exc) or type(exc).__name__).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return startup_error(exc, args.debug)
     finally:
         distributed.cleanup()
     if table:

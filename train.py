@@ -16,16 +16,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
+from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 from xraygpt.training import distributed  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg-path", required=True, help="training YAML (train_configs/*.yaml)")
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. run.init_lr=3e-4 model.llm.path=weights/vicuna")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config (all defaults filled in) and exit")
+    add_config_arguments(parser, "training YAML (train_configs/*.yaml)",
+                         "override config keys, e.g. run.init_lr=3e-4 model.llm.path=weights/vicuna")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for configuration errors")
     return parser.parse_args(argv)
 
@@ -45,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = builders.build_runner(cfg, model, train_set, eval_set, dist)
         runner.train()
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return startup_error(exc, args.debug)
     finally:
         distributed.cleanup()
     return 0

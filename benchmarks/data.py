@@ -36,7 +36,7 @@ from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval  # noqa: 
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config  # noqa: E402
 from xraygpt.training.runner import _single_threaded_worker  # noqa: E402
 
-from dataloader_throughput import images_per_second, stack  # noqa: E402  (this folder, on sys.path when run as a script)
+from dataloader_throughput import add_loader_arguments, images_per_second, stack  # noqa: E402  (this folder, on sys.path when run as a script)
 
 MIMIC_SIZE = (2544, 3056)  # width x height of most MIMIC-CXR-JPG frontal images
 PROMPTS = str(REPO / "prompts" / "alignment.txt")
@@ -66,11 +66,7 @@ def mimic_sized_copy(dataset, folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "openi-sample")
-    parser.add_argument("--images", type=int, default=200, help="images per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the runner's default)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_loader_arguments(parser, images=200, rounds=3)
     parser.add_argument("--no-mimic-size", action="store_true", help="skip the MIMIC-sized JPEG copy")
     args = parser.parse_args(argv)
     processor, text = MedCLIPImageEval(224), CaptionProcessor()

@@ -48,13 +48,18 @@ def images_per_second(loader: torch.utils.data.DataLoader, images: int) -> float
     return seen / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_loader_arguments(parser: argparse.ArgumentParser, images: int, rounds: int) -> None:
+    """--root (the shared OpenI sample), --images per measurement, --rounds, --workers, --batch-size."""
     parser.add_argument("--root", type=Path, default=REPO.parent / "shared" / "data" / "openi-sample")
-    parser.add_argument("--images", type=int, default=600, help="images per measurement")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=images, help="images per measurement")
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (the runner's default)")
     parser.add_argument("--batch-size", type=int, default=8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_loader_arguments(parser, images=600, rounds=5)
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args(argv)
     prompts = str(REPO / "prompts" / "alignment.txt")
