@@ -21,9 +21,10 @@ from xraygpt.training.checkpoint import read_checkpoint
 from xraygpt.training.distributed import DistInfo
 
 
-def stage0_config(llm, data_root, out, finetune="lora", **run):
+def stage0_config(llm, data_root, out, finetune="lora", neftune_alpha=0.0, **run):
     cfg = {
         "model": {"arch": "llm_sft", "finetune": finetune, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                  "neftune_alpha": neftune_alpha,
                   "llm": {"path": str(llm), "dtype": "float32"}, "prompt": {"max_txt_len": 64}},
         "datasets": {"summaries": {"root": str(data_root), "prompt_path": str(REPO / "prompts" / "alignment.txt"), "max_len": 160}},
         "run": {"task": "llm_sft", "output_dir": str(out), "init_lr": 3e-3, "max_epoch": 1, "iters_per_epoch": 4,
@@ -43,8 +44,8 @@ def _run(cfg_path, options=()):
     return model
 
 
-def _build(tiny_assets, finetune):
-    cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], "unused", finetune)
+def _build(tiny_assets, finetune, neftune_alpha=0.0):
+    cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], "unused", finetune, neftune_alpha)
     return builders.build_model(validate(OmegaConf.create(cfg)).model, 0)
 
 
@@ -95,8 +96,9 @@ def test_stage0_run_exports_a_folder_stage1_loads(tiny_assets, tmp_path):
 
 
 def test_stage0_resume_after_kill_matches_uninterrupted(tiny_assets, tmp_path):
+    # With NEFTune on: its noise draws must replay after the resume too.
     n = 6
-    common = dict(iters_per_epoch=n, save_freq_steps=n // 2, sample_generations=0)
+    common = dict(neftune_alpha=5.0, iters_per_epoch=n, save_freq_steps=n // 2, sample_generations=0)
     straight = tmp_path / "straight"
     _run(write_yaml(stage0_config(tiny_assets["llm"], tiny_assets["train"], straight, **common), tmp_path / "a.yaml"))
     killed = tmp_path / "killed"
@@ -109,6 +111,29 @@ def test_stage0_resume_after_kill_matches_uninterrupted(tiny_assets, tmp_path):
     assert set(a) == set(b) and all("lora_" in k for k in a)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_neftune_noises_input_embeddings_only_while_training(tiny_assets, tmp_path, finetune):
+    alpha = 5.0
+    model = _build(tiny_assets, finetune, alpha)
+    embeddings = model.llm.get_input_embeddings()
+    ids = torch.randint(3, 200, (2, 17))
+    clean = embeddings.weight[ids].detach()
+    model.train()
+    noise = (embeddings(ids) - clean).abs()
+    bound = alpha / (17 * embeddings.embedding_dim) ** 0.5
+    assert 0 < noise.max() <= bound + 1e-7 and noise.mean() > bound / 4
+    model.eval()
+    assert torch.equal(embeddings(ids), clean)
+    model.train()
+    model.export_pretrained(tmp_path / "hf_model")  # the exported model carries no hook
+    assert torch.equal(model.llm.get_input_embeddings()(ids), clean)
+    plain = _build(tiny_assets, finetune)
+    plain.train()
+    assert torch.equal(plain.llm.get_input_embeddings()(ids), clean)
+    with pytest.raises(ValueError, match="model.neftune_alpha"):
+        _build(tiny_assets, finetune, -1.0)
 
 
 @pytest.fixture(scope="module")

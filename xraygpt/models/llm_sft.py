@@ -5,6 +5,13 @@ on assistant turns only (`xraygpt.models.loss.target_token_loss`).  `finetune: l
 LLM with peft LoRA adapters (only they train; checkpoints hold only them); `finetune: full`
 trains every LLM weight.  `export_pretrained` writes a plain Hugging Face folder (config,
 tokenizer, safetensors; LoRA merged in) that stages 1-2 load as their frozen LLM.
+
+`neftune_alpha > 0` adds NEFTune noise (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve
+Instruction Finetuning") to the input embeddings while training, through transformers' own
+`neftune_post_forward_hook`: uniform noise in +-alpha / sqrt(L * d) per element, for a (B, L, d)
+batch, and none in eval mode.  For the embedded default it also makes the tiny LLM read the image
+slot robustly: an item only counts as a finding when it is close to a finding word, not when it is
+a faint mixture of every word, which is what a projected blank image looks like.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class LLMSFT(nn.Module):
         finetune: `lora` (peft adapters train) or `full` (all LLM weights train).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout.
         lora_target_modules: names of the linear layers that get adapters.
+        neftune_alpha: NEFTune noise scale on the input embeddings while training (0 = off).
     """
 
     CONFIG_SECTIONS = {"llm": load_llm, "prompt": PromptFormat}
@@ -52,10 +60,13 @@ class LLMSFT(nn.Module):
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] = LLAMA_LINEAR_LAYERS,
+        neftune_alpha: float = 0.0,
     ):
         super().__init__()
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"model.finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
+        if neftune_alpha < 0:
+            raise ValueError(f"model.neftune_alpha must be >= 0, got {neftune_alpha}")
         if is_quantized(llm):
             raise ValueError("stage 0 trains the LLM: load it unquantized (model.llm.quantization: none); "
                              "quantization is for a frozen LLM")
@@ -72,6 +83,13 @@ class LLMSFT(nn.Module):
             for p in llm.parameters():
                 p.requires_grad_(True)
         self.llm = llm
+        self._neftune_hook = None
+        if neftune_alpha > 0:
+            from transformers.integrations.neftune import neftune_post_forward_hook
+
+            embeddings = llm.get_input_embeddings()
+            embeddings.neftune_noise_alpha = float(neftune_alpha)
+            self._neftune_hook = embeddings.register_forward_hook(neftune_post_forward_hook)
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, num_image_tokens=0)
         self.frozen_modules: tuple[str, ...] = ()
@@ -120,7 +138,11 @@ class LLMSFT(nn.Module):
         return [self.prompt_tokenizer.decode_answer(row[input_ids.shape[1]:].tolist()) for row in out]
 
     def merged_llm(self) -> nn.Module:
-        """The plain LLM with LoRA merged in (the adapters are folded into this model's weights)."""
+        """The plain LLM with LoRA merged in (the adapters are folded into this model's weights) and
+        without the NEFTune hook."""
+        if self._neftune_hook is not None:
+            self._neftune_hook.remove()
+            self._neftune_hook = None
         if self.finetune == "lora":
             self.llm = self.llm.merge_and_unload()
             self.finetune = "full-merged"

@@ -235,6 +235,10 @@ class IterRunner:
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_single_threaded_worker,
+            # Its own generator: iter() draws the workers' base seed from it, not from the global
+            # RNG, whose state a checkpoint restores (a resumed run then replays the same draws,
+            # e.g. NEFTune noise, as the run it continues).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _wrapped_model(self):
