@@ -92,8 +92,18 @@ def test_evaluate_runs_end_to_end_with_a_4bit_llm(tiny_assets, checkpoint, tmp_p
     assert any("4bit linear layers" in line for line in err)  # the load is logged
 
 
+HUB_FREE_PATHS = {
+    "4bit LLM": "load_llm({llm!r}, dtype='float32', quantization='4bit')\n",
+    # peft imports bitsandbytes when it is installed
+    "stage-0 LoRA": ("from xraygpt.conversation import PromptFormat\n"
+                     "from xraygpt.models.llm_sft import LLMSFT\n"
+                     "LLMSFT(*load_llm({llm!r}, dtype='float32'), PromptFormat(), finetune='lora')\n"),
+}
+
+
 @needs_bnb
-def test_bitsandbytes_import_reaches_no_hub_even_with_the_kernels_package(tiny_assets, tmp_path):
+@pytest.mark.parametrize("path", sorted(HUB_FREE_PATHS))
+def test_bitsandbytes_import_reaches_no_hub_even_with_the_kernels_package(tiny_assets, tmp_path, path):
     """bitsandbytes' CPU backend calls `kernels.get_kernel` (a Hugging Face hub download) at import
     on AVX512-BF16 CPUs; a stand-in `kernels` package that records any call must stay uncalled."""
     import subprocess
@@ -104,8 +114,8 @@ def test_bitsandbytes_import_reaches_no_hub_even_with_the_kernels_package(tiny_a
     marker = tmp_path / "hub_called"
     (fake / "__init__.py").write_text(f"def get_kernel(*a, **k):\n    open({str(marker)!r}, 'w').close()\n    raise OSError('hub')\n")
     code = ("from xraygpt.models.llm import load_llm\n"
-            f"load_llm({str(tiny_assets['llm'])!r}, dtype='float32', quantization='4bit')\n"
-            "import kernels\n"  # the real package stays importable afterwards
+            + HUB_FREE_PATHS[path].format(llm=str(tiny_assets["llm"]))
+            + "import kernels\n"  # the real package stays importable afterwards
             "assert kernels.get_kernel\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

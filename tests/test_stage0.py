@@ -124,6 +124,13 @@ def test_neftune_noises_input_embeddings_only_while_training(tiny_assets, tmp_pa
     noise = (embeddings(ids) - clean).abs()
     bound = alpha / (17 * embeddings.embedding_dim) ** 0.5
     assert 0 < noise.max() <= bound + 1e-7 and noise.mean() > bound / 4
+    torch.manual_seed(0)
+    ours = embeddings(ids)
+    from transformers.integrations.neftune import neftune_post_forward_hook  # the arithmetic we mirror
+
+    embeddings.neftune_noise_alpha = alpha
+    torch.manual_seed(0)
+    assert torch.equal(ours, neftune_post_forward_hook(embeddings, (ids,), clean))
     model.eval()
     assert torch.equal(embeddings(ids), clean)
     model.train()

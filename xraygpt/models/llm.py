@@ -125,7 +125,13 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa",
 
 
 def import_bitsandbytes_offline() -> None:
-    """Import bitsandbytes with the `kernels` package hidden, so its import fetches nothing from a hub."""
+    """Import bitsandbytes with the `kernels` package hidden, so its import fetches nothing from a hub.
+
+    Call it before importing anything that imports bitsandbytes (peft does when it is installed);
+    nothing happens when bitsandbytes is already imported or not installed.
+    """
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
     missing = object()
     saved = sys.modules.get("kernels", missing)
     sys.modules["kernels"] = None  # `from kernels import ...` raises ImportError; bitsandbytes falls back

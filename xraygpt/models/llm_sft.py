@@ -7,15 +7,18 @@ trains every LLM weight.  `export_pretrained` writes a plain Hugging Face folder
 tokenizer, safetensors; LoRA merged in) that stages 1-2 load as their frozen LLM.
 
 `neftune_alpha > 0` adds NEFTune noise (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve
-Instruction Finetuning") to the input embeddings while training, through transformers' own
-`neftune_post_forward_hook`: uniform noise in +-alpha / sqrt(L * d) per element, for a (B, L, d)
-batch, and none in eval mode.  For the embedded default it also makes the tiny LLM read the image
-slot robustly: an item only counts as a finding when it is close to a finding word, not when it is
-a faint mixture of every word, which is what a projected blank image looks like.
+Instruction Finetuning") to the input embeddings while training: uniform noise in
++-alpha / sqrt(L * d) per element for a (B, L, d) batch, none in eval mode; the same arithmetic as
+transformers' `neftune_post_forward_hook`, written here (`_neftune_hook`) because the module that
+holds that hook imports the Trainer utilities, peft and bitsandbytes.  For the embedded default it
+also makes the tiny LLM read the image slot robustly: an item only counts as a finding when it is
+close to a finding word, not when it is a faint mix of every word, which is what a projected blank
+image looks like.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from xraygpt.conversation import PromptFormat, PromptTokenizer
-from xraygpt.models.llm import is_quantized, load_llm
+from xraygpt.models.llm import import_bitsandbytes_offline, is_quantized, load_llm
 from xraygpt.models.loss import target_token_loss
 from xraygpt.registry import register
 
@@ -32,6 +35,15 @@ logger = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("lora", "full")
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _neftune_hook(module: nn.Module, inputs, output: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Forward hook of the input embedding: (B, L, d) embeddings + U(-m, m) noise, m = alpha / sqrt(L * d),
+    while the module trains; unchanged in eval mode."""
+    if not module.training:
+        return output
+    magnitude = alpha / torch.sqrt(torch.tensor(output.size(1) * output.size(2)))
+    return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
 
 
 @register("model", "llm_sft")
@@ -72,6 +84,7 @@ class LLMSFT(nn.Module):
                              "quantization is for a frozen LLM")
         self.finetune = finetune
         if finetune == "lora":
+            import_bitsandbytes_offline()  # peft imports bitsandbytes when it is installed
             from peft import LoraConfig, get_peft_model
 
             for p in llm.parameters():
@@ -85,11 +98,8 @@ class LLMSFT(nn.Module):
         self.llm = llm
         self._neftune_hook = None
         if neftune_alpha > 0:
-            from transformers.integrations.neftune import neftune_post_forward_hook
-
-            embeddings = llm.get_input_embeddings()
-            embeddings.neftune_noise_alpha = float(neftune_alpha)
-            self._neftune_hook = embeddings.register_forward_hook(neftune_post_forward_hook)
+            self._neftune_hook = llm.get_input_embeddings().register_forward_hook(
+                functools.partial(_neftune_hook, alpha=float(neftune_alpha)))
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, num_image_tokens=0)
         self.frozen_modules: tuple[str, ...] = ()
