@@ -10,10 +10,9 @@ tokenizer, safetensors; LoRA merged in) that stages 1-2 load as their frozen LLM
 Instruction Finetuning") to the input embeddings while training: uniform noise in
 +-alpha / sqrt(L * d) per element for a (B, L, d) batch, none in eval mode; the same arithmetic as
 transformers' `neftune_post_forward_hook`, written here (`_neftune_hook`) because the module that
-holds that hook imports the Trainer utilities, peft and bitsandbytes.  For the embedded default it
-also makes the tiny LLM read the image slot robustly: an item only counts as a finding when it is
-close to a finding word, not when it is a faint mix of every word, which is what a projected blank
-image looks like.
+holds that hook imports the Trainer utilities, peft and bitsandbytes.  In the embedded default it
+stopped a blank image's projected tokens (a faint mix of every word) from being read as findings
+(README, "Learnability").
 """
 
 from __future__ import annotations
@@ -96,9 +95,9 @@ class LLMSFT(nn.Module):
             for p in llm.parameters():
                 p.requires_grad_(True)
         self.llm = llm
-        self._neftune_hook = None
+        self._neftune_handle = None
         if neftune_alpha > 0:
-            self._neftune_hook = llm.get_input_embeddings().register_forward_hook(
+            self._neftune_handle = llm.get_input_embeddings().register_forward_hook(
                 functools.partial(_neftune_hook, alpha=float(neftune_alpha)))
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, num_image_tokens=0)
@@ -150,9 +149,9 @@ class LLMSFT(nn.Module):
     def merged_llm(self) -> nn.Module:
         """The plain LLM with LoRA merged in (the adapters are folded into this model's weights) and
         without the NEFTune hook."""
-        if self._neftune_hook is not None:
-            self._neftune_hook.remove()
-            self._neftune_hook = None
+        if self._neftune_handle is not None:
+            self._neftune_handle.remove()
+            self._neftune_handle = None
         if self.finetune == "lora":
             self.llm = self.llm.merge_and_unload()
             self.finetune = "full-merged"
