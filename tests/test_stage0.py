@@ -16,7 +16,7 @@ from xraygpt.conversation import PromptFormat, PromptTokenizer
 from xraygpt.data.conversations import build_conversations, build_summaries
 from xraygpt.data.datasets import DatasetError
 from xraygpt.evaluation.perplexity import conversation_perplexity
-from xraygpt.models.llm import load_llm, load_tokenizer
+from xraygpt.models.llm import import_bitsandbytes_offline, load_llm, load_tokenizer
 from xraygpt.training.checkpoint import read_checkpoint
 from xraygpt.training.distributed import DistInfo
 
@@ -126,6 +126,7 @@ def test_neftune_noises_input_embeddings_only_while_training(tiny_assets, tmp_pa
     assert 0 < noise.max() <= bound + 1e-7 and noise.mean() > bound / 4
     torch.manual_seed(0)
     ours = embeddings(ids)
+    import_bitsandbytes_offline()  # the module below imports peft, which imports bitsandbytes
     from transformers.integrations.neftune import neftune_post_forward_hook  # the arithmetic we mirror
 
     embeddings.neftune_noise_alpha = alpha

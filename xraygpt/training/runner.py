@@ -236,8 +236,9 @@ class IterRunner:
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_single_threaded_worker,
             # Its own generator: iter() draws the workers' base seed from it, not from the global
-            # RNG, whose state a checkpoint restores (a resumed run then replays the same draws,
-            # e.g. NEFTune noise, as the run it continues).
+            # RNG, whose state a checkpoint restores (a resumed one-process run then replays the
+            # same draws, e.g. NEFTune noise, as the run it continues; with several processes
+            # every rank restores rank 0's state).
             generator=torch.Generator().manual_seed(self.seed),
         )
 
