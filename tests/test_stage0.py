@@ -2,7 +2,10 @@
 
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,6 +112,33 @@ def test_stage0_resume_after_kill_matches_uninterrupted(tiny_assets, tmp_path):
     a = read_checkpoint(straight / "checkpoints" / "checkpoint_last.pt")["model"]
     b = read_checkpoint(killed / "checkpoints" / "checkpoint_last.pt")["model"]
     assert set(a) == set(b) and all("lora_" in k for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+
+
+def test_stage0_torchrun_resume_replays_each_ranks_random_draws(tiny_assets, tmp_path):
+    """2 ranks (gloo, DDP) with LoRA dropout and NEFTune noise, which draw differently on each rank:
+    resuming from the uninterrupted run's step-2 checkpoint ends on its weights."""
+    n = 4
+
+    def torchrun(out, options=()):
+        cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], out, neftune_alpha=5.0, iters_per_epoch=n,
+                            save_freq_steps=n // 2, sample_generations=0, batch_size_train=2)
+        cfg["model"]["lora_dropout"] = 0.1
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29563",
+                   str(REPO / "train.py"), "--cfg-path", str(write_yaml(cfg, out.parent / f"{out.name}.yaml"))]
+        proc = subprocess.run(command + (["--options", *options] if options else []), cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(straight)
+    half = straight / "checkpoints" / f"checkpoint_{n // 2:07d}.pt"
+    assert len(read_checkpoint(half)["rng_per_rank"]) == 2
+    torchrun(resumed, [f"run.resume_ckpt_path={half}"])
+    a = read_checkpoint(straight / "checkpoints" / "checkpoint_last.pt")["model"]
+    b = read_checkpoint(resumed / "checkpoints" / "checkpoint_last.pt")["model"]
+    assert set(a) == set(b)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
 

@@ -183,6 +183,8 @@ class IterRunner:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, step: int) -> Path | None:
+        """Called on every rank (each rank's RNG state is gathered); rank 0 writes the checkpoint."""
+        rng_per_rank = distributed.all_gather_object(rng_state())
         if not self.dist.is_main:
             return None
         state = {
@@ -190,7 +192,8 @@ class IterRunner:
             "optimizer": self.optimizer.state_dict(),
             "step": step,
             "total_steps": self.total_steps,
-            "rng": rng_state(),
+            "rng": rng_per_rank[0],
+            "rng_per_rank": rng_per_rank,
             "config": self.config_yaml,
         }
         path = self.ckpt_dir / f"checkpoint_{step:07d}.pt"
@@ -205,7 +208,14 @@ class IterRunner:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("total_steps", self.total_steps) != self.total_steps:
             logger.warning("resuming a run planned for %s steps with %s steps", state.get("total_steps"), self.total_steps)
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:
+            if self.dist.world_size > 1:
+                logger.warning("checkpoint %s holds no RNG state for each of %d ranks: every rank restores rank 0's, "
+                               "so random layers do not replay exactly", self.resume_ckpt_path, self.dist.world_size)
+            set_rng_state(state["rng"])
         step = int(state["step"])
         if self.dist.is_main:
             self.log.truncate_after(step)
@@ -236,9 +246,8 @@ class IterRunner:
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_single_threaded_worker,
             # Its own generator: iter() draws the workers' base seed from it, not from the global
-            # RNG, whose state a checkpoint restores (a resumed one-process run then replays the
-            # same draws, e.g. NEFTune noise, as the run it continues; with several processes
-            # every rank restores rank 0's state).
+            # RNG, whose state a checkpoint restores per rank (a resumed run then replays the
+            # same draws, e.g. NEFTune noise, as the run it continues).
             generator=torch.Generator().manual_seed(self.seed),
         )
 
@@ -256,7 +265,7 @@ class IterRunner:
 
     def train(self) -> dict:
         """Run to `total_steps`; returns {"final_loss", "steps", "checkpoint"}."""
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.seed + self.dist.rank)  # ranks draw different noise (dropout, NEFTune)
         start_step = self._restore() if self.resume_state is not None else 0
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
