@@ -118,6 +118,21 @@ def run_until_checkpoint_then_kill(cfg_path: Path, checkpoint: Path, timeout: fl
     assert checkpoint.exists(), f"the run never wrote {checkpoint}"
 
 
+def run_torchrun(script: Path, port: int, *args: str, env: dict | None = None):
+    """`python -m torch.distributed.run --nproc-per-node 2 script args...` on the CPU (one OpenMP
+    thread per rank) from the repository root; asserts it exits 0 and returns the CompletedProcess."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+         str(script), *args],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for tests of tiny models: they gain nothing from threads, and on a shared

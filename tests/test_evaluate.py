@@ -2,17 +2,14 @@
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 import evaluate
-from conftest import REPO, tiny_config, write_yaml
+from conftest import REPO, run_torchrun, tiny_config, write_yaml
 from xraygpt.training.checkpoint import atomic_save
 
 EVAL_YAMLS = sorted(p for p in (REPO / "eval_configs").glob("*.yaml") if not p.name.startswith("demo"))
@@ -113,12 +110,7 @@ def test_resume_skips_predicted_ids_and_reads_a_killed_runs_parts(tiny_assets, c
 def test_torchrun_two_processes_match_one(single_run, tiny_assets, checkpoint, tmp_path):
     out = tmp_path / "two"
     cfg_path = write_yaml(eval_config(tiny_assets, checkpoint, out, batch_size=3), tmp_path / "two.yaml")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29541",
-         str(REPO / "evaluate.py"), "--cfg-path", str(cfg_path)],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun(REPO / "evaluate.py", 29541, "--cfg-path", str(cfg_path))
     assert proc.stdout.count("ROUGE-1") == 1  # the table comes from rank 0 only
     assert read_rows(out) == read_rows(single_run[0])
     assert json.loads((out / "metrics.json").read_text())["headline"] == \

@@ -3,9 +3,6 @@
 import io
 import json
 import logging
-import os
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SHARED_OPENI, tiny_config, write_yaml
+from conftest import REPO, SHARED_OPENI, run_torchrun, tiny_config, write_yaml
 from xraygpt.data.datasets import build_openi
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.prepare.to_shards import prepare_shards
@@ -254,13 +251,8 @@ def test_torchrun_two_ranks_train_on_different_shards(tiny_assets, tmp_path):
     cfg, shards = _shard_config(tiny_assets, tmp_path, out, iters_per_epoch=3, batch_size_train=2, sample_generations=0)
     path = write_yaml(cfg, tmp_path / "two.yaml")
     (tmp_path / "probe.py").write_text(PROBE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-         str(tmp_path / "probe.py"), "--cfg-path", str(path), "--options", f"run.output_dir={out}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun(tmp_path / "probe.py", 29531, "--cfg-path", str(path), "--options", f"run.output_dir={out}",
+                 env={"PYTHONPATH": str(REPO)})
     assert (out / "checkpoints" / "checkpoint_last.pt").is_file()
     seen = [json.loads((out / f"seen_{rank}.json").read_text()) for rank in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 6

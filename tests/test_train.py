@@ -2,16 +2,13 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 import train
-from conftest import REPO, run_until_checkpoint_then_kill, tiny_config, write_yaml
+from conftest import REPO, run_torchrun, run_until_checkpoint_then_kill, tiny_config, write_yaml
 from xraygpt import builders
 from xraygpt.config import load_config
 from xraygpt.training.checkpoint import read_checkpoint
@@ -126,12 +123,7 @@ def assert_torchrun_matches_one_process(tiny_assets, tmp_path, master_port: int,
     batch 4 into tmp_path/one; assert the trained weights agree (same samples, averaged gradients)."""
     common = dict(iters_per_epoch=3, sample_generations=0, **run_options)
     two = write_yaml(tiny_config(tiny_assets, tmp_path / "two", batch_size_train=2, **common), tmp_path / "two.yaml")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(master_port),
-         str(REPO / "train.py"), "--cfg-path", str(two)],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun(REPO / "train.py", master_port, "--cfg-path", str(two))
     one = write_yaml(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common), tmp_path / "one.yaml")
     _, runner = _run_in_process(one)
     runner.train()

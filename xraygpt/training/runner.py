@@ -184,7 +184,7 @@ class IterRunner:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, step: int) -> Path | None:
         """Called on every rank (each rank's RNG state is gathered); rank 0 writes the checkpoint."""
-        rng_per_rank = distributed.all_gather_object(rng_state())
+        rng = distributed.all_gather_object(rng_state())
         if not self.dist.is_main:
             return None
         state = {
@@ -192,8 +192,7 @@ class IterRunner:
             "optimizer": self.optimizer.state_dict(),
             "step": step,
             "total_steps": self.total_steps,
-            "rng": rng_per_rank[0],
-            "rng_per_rank": rng_per_rank,
+            "rng": rng,  # one state per rank, in rank order
             "config": self.config_yaml,
         }
         path = self.ckpt_dir / f"checkpoint_{step:07d}.pt"
@@ -208,14 +207,11 @@ class IterRunner:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("total_steps", self.total_steps) != self.total_steps:
             logger.warning("resuming a run planned for %s steps with %s steps", state.get("total_steps"), self.total_steps)
-        per_rank = state.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == self.dist.world_size:
-            set_rng_state(per_rank[self.dist.rank])
-        else:
-            if self.dist.world_size > 1:
-                logger.warning("checkpoint %s holds no RNG state for each of %d ranks: every rank restores rank 0's, "
-                               "so random layers do not replay exactly", self.resume_ckpt_path, self.dist.world_size)
-            set_rng_state(state["rng"])
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: rank 0's only
+        if len(rng) != self.dist.world_size:
+            logger.warning("checkpoint %s holds RNG states for %d ranks, this run has %d: every rank restores rank 0's, "
+                           "so random layers do not replay exactly", self.resume_ckpt_path, len(rng), self.dist.world_size)
+        set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
         step = int(state["step"])
         if self.dist.is_main:
             self.log.truncate_after(step)
