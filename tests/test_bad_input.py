@@ -2,7 +2,6 @@
 
 import shutil
 
-import pytest
 
 import train
 from conftest import tiny_config, write_yaml
