@@ -1,4 +1,4 @@
-"""Summary generation throughput, images/s: batched (left padding + KV cache) vs one image at a time.
+"""Summary generation throughput, images/s and output tokens/s: batched vs one image at a time.
 
     python benchmarks/generate.py [--images N] [--batch-size B] [--max-new-tokens T] [--rounds R]
                                   [--threads K] [--cfg-path eval_configs/tiny_eval.yaml]
@@ -8,9 +8,11 @@ By default a tiny CPU model is built in a temporary folder the way the tests bui
 tokenizer, random weights: every summary runs to T tokens, so both modes do the same work).
 With `--cfg-path` the model and split of an evaluation config are used instead (e.g. the
 trained embedded default after the quickstart, whose summaries stop at the end symbol).
-The same N images go through `xraygpt.evaluation.generate` both ways, greedy, after one
-warm-up batch each, R rounds alternating the order; prints the median images/s side by side,
-the speed-up and whether the outputs match.  Torch runs K threads (default 1, so that on a
+The same N images go through `xraygpt.evaluation.generate.generate_fitting` both ways (the
+evaluator's path: prompt-length order, left padding, KV cache), greedy, after one warm-up batch
+each, R rounds alternating the order; prints the median images/s and output tokens/s side by
+side, the speed-up and whether the outputs match.  Output tokens are those the LLM returned
+before each row's padding (its end symbol included).  Torch runs K threads (default 1, so that on a
 shared machine the comparison measures batching rather than thread scheduling).
 """
 
@@ -37,7 +39,7 @@ from xraygpt.config import validate  # noqa: E402
 from xraygpt.conversation import load_instructions  # noqa: E402
 from xraygpt.data.synthetic import generate_dataset  # noqa: E402
 from xraygpt.embedded import conversation_texts, write_tiny_encoder, write_tiny_llm  # noqa: E402
-from xraygpt.evaluation.generate import generate_rows, load_samples  # noqa: E402
+from xraygpt.evaluation.generate import generate_fitting, generate_rows, load_samples  # noqa: E402
 
 
 def tiny_config(folder: Path, images: int) -> dict:
@@ -57,13 +59,30 @@ def tiny_config(folder: Path, images: int) -> dict:
     }
 
 
-def timed(model, samples: list[dict], batch_size: int, max_new_tokens: int) -> tuple[float, list[str]]:
-    """(seconds, predictions) to generate `samples` in batches of `batch_size`, after one warm-up batch."""
+class TokenCounter:
+    """Wraps `llm.generate` to count the tokens it returns per row, up to the row's padding."""
+
+    def __init__(self, llm):
+        self.llm, self.generate, self.tokens = llm, llm.generate, 0
+        llm.generate = self
+
+    def __call__(self, *args, **kwargs):
+        out = self.generate(*args, **kwargs)
+        self.tokens += int((out != kwargs["pad_token_id"]).sum())
+        return out
+
+
+def timed(model, samples: list[dict], batch_size: int, max_new_tokens: int, counter: TokenCounter
+          ) -> tuple[float, int, dict[str, str]]:
+    """(seconds, output tokens, {image_id: prediction}) for `samples` in batches of `batch_size`, after one warm-up batch."""
     generate_rows(model, samples[:batch_size], max_new_tokens=max_new_tokens)
+    preds = {}
+    counter.tokens = 0
     start = time.perf_counter()
-    preds = [r["prediction"] for i in range(0, len(samples), batch_size)
-             for r in generate_rows(model, samples[i:i + batch_size], max_new_tokens=max_new_tokens)]
-    return time.perf_counter() - start, preds
+    generate_fitting(model, samples, batch_size,
+                     lambda batch, rows: preds.update((r["image_id"], r["prediction"]) for r in rows),
+                     max_new_tokens=max_new_tokens)
+    return time.perf_counter() - start, counter.tokens, preds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,21 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         model = builders.build_model(cfg.model, 0).eval()
         dataset = builders.build_datasets(evaluated_splits(cfg), 0, "eval", model.prompt_tokenizer)
         samples = load_samples(dataset, list(range(min(args.images, len(dataset)))))
+        counter = TokenCounter(model.llm)
         times: dict[int, list[float]] = {1: [], args.batch_size: []}
-        outputs = {}
+        tokens, outputs = {}, {}
         for r in range(args.rounds):
             for size in (1, args.batch_size) if r % 2 == 0 else (args.batch_size, 1):
-                seconds, outputs[size] = timed(model, samples, size, args.max_new_tokens)
+                seconds, tokens[size], outputs[size] = timed(model, samples, size, args.max_new_tokens, counter)
                 times[size].append(seconds)
     n = len(samples)
     single_s, batched_s = statistics.median(times[1]), statistics.median(times[args.batch_size])
     sys.stdout.write(
         f"{source}: {n} images, greedy, max_new_tokens {args.max_new_tokens}, {torch.get_num_threads()} torch thread(s), "
         f"median of {args.rounds} rounds\n"
-        f"{'mode':<22}{'images/s':>10}{'seconds':>10}\n"
-        f"{'one at a time':<22}{n / single_s:>10.2f}{single_s:>10.2f}\n"
-        f"{f'batched ({args.batch_size})':<22}{n / batched_s:>10.2f}{batched_s:>10.2f}\n"
-        f"speed-up {single_s / batched_s:.1f}x; outputs identical: {'yes' if outputs[1] == outputs[args.batch_size] else 'no'}\n")
+        f"{'mode':<22}{'images/s':>10}{'tokens/s':>10}{'seconds':>10}\n"
+        f"{'one at a time':<22}{n / single_s:>10.2f}{tokens[1] / single_s:>10.1f}{single_s:>10.2f}\n"
+        f"{f'batched ({args.batch_size})':<22}{n / batched_s:>10.2f}"
+        f"{tokens[args.batch_size] / batched_s:>10.1f}{batched_s:>10.2f}\n"
+        f"speed-up {single_s / batched_s:.1f}x; output tokens {tokens[1]} vs {tokens[args.batch_size]}; "
+        f"outputs identical: {'yes' if outputs[1] == outputs[args.batch_size] else 'no'}\n")
     return 0
 
 

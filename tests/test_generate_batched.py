@@ -72,3 +72,59 @@ def test_ids_are_read_without_decoding_and_shards_are_refused(dataset):
 
     with pytest.raises(DatasetError, match="webdataset shard folder cannot be resumed"):
         dataset_ids(MixedDataset([Stream()], seed=0))
+
+
+def test_batches_are_sorted_by_prompt_length(model, dataset, tmp_path, monkeypatch):
+    lengths = []
+    real = type(model).generate
+
+    def spy(self, pixel_values, input_ids, attention_mask, **kwargs):
+        lengths.append(attention_mask.sum(1).tolist())
+        return real(self, pixel_values, input_ids, attention_mask, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    rows = _predict(model, dataset, tmp_path / "sorted", batch_size=2)  # one window of 8 images, 4 batches
+    flat = [n for batch in lengths for n in batch]
+    assert [len(b) for b in lengths] == [2, 2, 2, 2]
+    assert flat == sorted(flat) and len(set(flat)) > 1
+    assert [r["image_id"] for r in rows] == dataset_ids(dataset)  # predictions.jsonl stays in split order
+
+
+def test_a_batch_out_of_memory_is_retried_at_half_the_size(model, dataset, tmp_path, monkeypatch, caplog):
+    reference = _predict(model, dataset, tmp_path / "b1", batch_size=1)
+    sizes = []
+    real = type(model).generate
+
+    def small_memory(self, pixel_values, input_ids, attention_mask, **kwargs):
+        sizes.append(len(pixel_values))
+        if len(pixel_values) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, pixel_values, input_ids, attention_mask, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", small_memory)
+    caplog.set_level("WARNING")
+    out = tmp_path / "b8"
+    rows = _predict(model, dataset, out, batch_size=8)
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in reference]
+    assert sizes == [8, 4, 2, 2, 2, 2]  # halved twice, then kept at the size that fits
+    assert "batch of 8 images ran out of memory; going on with batches of 4" in caplog.text
+    generation = json.loads((out / "metrics.json").read_text())["generation"]
+    assert generation["batch_size"] == 8 and generation["final_batch_size"] == 2
+    # the embedded pipeline's API backs off the same way
+    assert [r["prediction"] for r in generate_for_dataset(model, dataset, batch_size=4, max_new_tokens=16)] == \
+        [r["prediction"] for r in reference]
+
+
+@pytest.mark.parametrize("error, tried", [(torch.OutOfMemoryError("CUDA out of memory."), [4, 2, 1]),
+                                           (RuntimeError("shape mismatch"), [4])])
+def test_errors_that_halving_cannot_fix_are_raised(model, dataset, monkeypatch, error, tried):
+    sizes = []
+
+    def failing(self, pixel_values, *args, **kwargs):
+        sizes.append(len(pixel_values))
+        raise error
+
+    monkeypatch.setattr(type(model), "generate", failing)
+    with pytest.raises(RuntimeError, match=str(error)):
+        generate_for_dataset(model, dataset, batch_size=4, max_new_tokens=4)
+    assert sizes == tried  # out of memory: down to one image; any other error: at once

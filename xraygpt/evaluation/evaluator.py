@@ -7,8 +7,10 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
 2. skips the ids that already have a prediction in `output_dir` (resume), splits the rest
    round-robin across ranks, and generates them in batches (left padding, KV cache, greedy by
    default) with a tqdm bar in images/s on rank 0; each rank appends its rows to its part file
-   after every batch.  An image that does not decode is skipped and counted (the dataset would
-   otherwise substitute the next sample);
+   after every batch.  Images are read `batch_size` x WINDOW_BATCHES at a time, sorted by prompt
+   length within that window, and a batch that runs out of memory is retried at half the size
+   (`generate_fitting`; metrics.json records the size rank 0 ended on).  An image that does not
+   decode is skipped and counted (the dataset would otherwise substitute the next sample);
 3. on rank 0, after every rank finished: merges the parts into predictions.jsonl, writes
    predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins`), and
    returns the metrics table; other ranks return None.
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
-from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_rows, load_samples
+from xraygpt.evaluation.generate import IMAGE_MODES, WINDOW_BATCHES, blank_image, generate_fitting, load_samples
 from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
@@ -53,7 +55,7 @@ class ReportEvaluator:
 
     Args (besides `model`, built by `xraygpt.builders`):
         output_dir: where predictions.jsonl, predictions.csv, references.csv, metrics.json go.
-        batch_size: images per generation batch (per rank).
+        batch_size: images per generation batch (per rank); halved whenever a batch runs out of memory.
         max_new_tokens, num_beams, do_sample, temperature, top_p, repetition_penalty: decoding
             (greedy by default; `num_beams > 1` for beam search, `do_sample` for sampling).
         image_mode: `image` (each its own), `shuffled` (each the next image's) or `blank`
@@ -121,18 +123,26 @@ class ReportEvaluator:
         torch.manual_seed(self.seed + dist.rank)
         bar = tqdm(total=len(keys), unit="img", desc=f"generate ({self.image_mode})",
                    disable=not (self.progress and dist.is_main))
-        for start in range(0, len(keys), self.batch_size):
-            chunk = keys[start:start + self.batch_size]
-            samples = load_samples(dataset, chunk, self.image_mode, blank)
-            good = [s for k, s in zip(chunk, samples) if s["image_id"] == ids[k]]
-            records = [{"image_id": ids[k], "skipped": "image does not decode"}
-                       for k, s in zip(chunk, samples) if s["image_id"] != ids[k]]
-            if good:
-                for row in generate_rows(self.model, good, **self.gen_kwargs):
-                    records.append({"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row})
-            store.append(records)
-            bar.update(len(chunk))
+
+        def emit(batch: list[dict], rows: list[dict]) -> None:
+            store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row} for row in rows])
+            bar.update(len(rows))
+
+        batch_size = self.batch_size
+        start = 0
+        while start < len(keys):
+            window = keys[start:start + batch_size * WINDOW_BATCHES]
+            start += len(window)
+            samples = load_samples(dataset, window, self.image_mode, blank)
+            good = [s for k, s in zip(window, samples) if s["image_id"] == ids[k]]
+            skipped = [{"image_id": ids[k], "skipped": "image does not decode"}
+                       for k, s in zip(window, samples) if s["image_id"] != ids[k]]
+            if skipped:
+                store.append(skipped)
+                bar.update(len(skipped))
+            batch_size = generate_fitting(self.model, good, batch_size, emit, **self.gen_kwargs)
         bar.close()
+        self.final_batch_size = batch_size
 
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
@@ -164,7 +174,8 @@ class ReportEvaluator:
         scored = scoreable(rows)[0]
         metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
                                          self.plugin_paths, dist.device)
-        metrics["generation"] = {"image_mode": self.image_mode, "batch_size": self.batch_size, **self.gen_kwargs}
+        metrics["generation"] = {"image_mode": self.image_mode, "batch_size": self.batch_size,
+                                 "final_batch_size": self.final_batch_size, **self.gen_kwargs}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
         return format_metrics(metrics)

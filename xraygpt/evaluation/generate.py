@@ -6,19 +6,30 @@ Ablations (`image_mode`) check that the summaries come from the image:
 - ``blank``: every sample gets a uniform black image.
 
 `load_samples` reads the samples of some dataset keys with the chosen images and
-`generate_rows` writes one batch's summaries (left-padded prompts, `XrayGPT.generate`); the
-report evaluator streams through them, `generate_for_dataset` runs them over a whole dataset.
+`generate_rows` writes one batch's summaries (left-padded prompts, `XrayGPT.generate`).
+`generate_fitting` tunes a run of batches: it sorts the samples by prompt length (so a
+batch's left padding is as short as it can be) and halves the batch size whenever a batch
+runs out of memory (accelerate's OOM test), keeping the smaller size from then on.  The
+report evaluator streams windows of samples through it; `generate_for_dataset` runs it over
+a whole dataset.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
 import torch
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from PIL import Image
 from tqdm import tqdm
 
 from xraygpt.data.collate import GenerationCollator
 
 IMAGE_MODES = ("image", "shuffled", "blank")
+WINDOW_BATCHES = 4  # samples are read this many batches at a time and sorted by prompt length within the window
+
+logger = logging.getLogger(__name__)
 
 
 def blank_image(vis_processor, image_size: int) -> torch.Tensor:
@@ -58,21 +69,69 @@ def generate_rows(model, samples: list[dict], **gen_kwargs) -> list[dict]:
              "prediction": p, "reference": s.get("caption", "")} for s, p in zip(samples, preds)]
 
 
+def by_prompt_length(prompt_tokenizer, samples: list[dict]) -> list[dict]:
+    """`samples` sorted by prompt token length, shortest first (ties keep their order)."""
+    lengths = [len(prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
+    return [samples[i] for i in sorted(range(len(samples)), key=lengths.__getitem__)]
+
+
+@torch.no_grad()
+def generate_fitting(model, samples: list[dict], batch_size: int,
+                     emit: Callable[[list[dict], list[dict]], None], **gen_kwargs) -> int:
+    """Generate every sample in prompt-length order, in batches of at most `batch_size`.
+
+    A batch that runs out of memory (CUDA/CPU allocator errors, as accelerate recognises them)
+    is retried at half the size; one image that does not fit re-raises the error.
+    `emit(batch, rows)` gets each batch's samples and their rows (as `generate_rows` returns
+    them) once generated, so a caller can store them before the next batch.  Returns the batch size in use at the end, which the
+    next call should start from.
+    """
+    ordered = by_prompt_length(model.prompt_tokenizer, samples)
+    start = 0
+    while start < len(ordered):
+        chunk = ordered[start:start + batch_size]
+        try:
+            rows = generate_rows(model, chunk, **gen_kwargs)
+        except RuntimeError as exc:
+            if batch_size == 1 or not should_reduce_batch_size(exc):
+                raise
+            clear_device_cache(garbage_collection=True)
+            logger.warning("a generation batch of %d images ran out of memory; going on with batches of %d",
+                           batch_size, batch_size // 2)
+            batch_size //= 2
+            continue
+        emit(chunk, rows)
+        start += len(chunk)
+    return batch_size
+
+
 @torch.no_grad()
 def generate_for_dataset(model, dataset, batch_size: int = 32, image_mode: str = "image", image_size: int | None = None,
                          vis_processor=None, progress: bool = False, **gen_kwargs) -> list[dict]:
     """Generate one summary per sample of `dataset` (items as `CaptionDataset.get` returns them).
 
-    Returns rows {image_id, image_source, instruction, prediction, reference}.  `vis_processor`
-    (and hence `image_size`) is needed for ``blank``.  Instructions are the dataset's per-key
-    choices, so the three modes see the same prompts.
+    Returns rows {image_id, image_source, instruction, prediction, reference} in key order.
+    `vis_processor` (and hence `image_size`) is needed for ``blank``.  Instructions are the
+    dataset's per-key choices, so the three modes see the same prompts.  Samples are read
+    `batch_size` x WINDOW_BATCHES at a time and generated through `generate_fitting`.
     """
     blank = blank_image(vis_processor, image_size) if image_mode == "blank" else None
     was_training = model.training
     model.eval()
-    rows = []
-    for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc=f"generate ({image_mode})"):
-        keys = list(range(start, min(start + batch_size, len(dataset))))
-        rows += generate_rows(model, load_samples(dataset, keys, image_mode, blank), **gen_kwargs)
+    rows = {}
+    bar = tqdm(total=len(dataset), disable=not progress, desc=f"generate ({image_mode})")
+
+    def emit(batch: list[dict], batch_rows: list[dict]) -> None:
+        rows.update((s["key"], r) for s, r in zip(batch, batch_rows))
+        bar.update(len(batch_rows))
+
+    window = batch_size * WINDOW_BATCHES
+    for start in range(0, len(dataset), window):
+        keys = list(range(start, min(start + window, len(dataset))))
+        samples = load_samples(dataset, keys, image_mode, blank)
+        for key, sample in zip(keys, samples):
+            sample["key"] = key
+        batch_size = generate_fitting(model, samples, batch_size, emit, **gen_kwargs)
+    bar.close()
     model.train(was_training)
-    return rows
+    return [rows[key] for key in range(len(dataset))]
