@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -163,10 +164,18 @@ def test_split_without_usable_images(tiny_assets, checkpoint, tmp_path, capsys):
     (["datasets.openi.eval_root=somewhere"], "datasets.openi.eval_root is not read by evaluate.py"),
     (["evaluation.phrases_dir=no_such_phrases"], "no_such_phrases"),
     (["evaluation.image_mode=upside_down"], "evaluation.image_mode must be one of image, shuffled, blank"),
+    (["evaluation.backend=tgi"], "evaluation.backend must be one of transformers, vllm"),
 ])
 def test_config_errors(tiny_assets, checkpoint, tmp_path, capsys, options, needle):
     cfg = eval_config(tiny_assets, checkpoint, tmp_path / "out")
     _fails(*run_main(cfg, tmp_path / "c.yaml", capsys, options)[::2], needle, tmp_path / "out")
+
+
+def test_vllm_backend_without_vllm_fails_before_writing(tiny_assets, checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not importable, even where it is installed
+    cfg = eval_config(tiny_assets, checkpoint, tmp_path / "out")
+    _fails(*run_main(cfg, tmp_path / "c.yaml", capsys, ["evaluation.backend=vllm"])[::2],
+           "evaluation.backend vllm needs vLLM, which is not installed", tmp_path / "out")
 
 
 def test_undecodable_image_is_skipped_and_counted_report_ids_are_read(tiny_assets, checkpoint, tmp_path, capsys):

@@ -36,9 +36,12 @@ from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
+from xraygpt.evaluation.vllm_engine import VLLMEngine, check_supported
 from xraygpt.training import distributed
 
 logger = logging.getLogger(__name__)
+
+BACKENDS = ("transformers", "vllm")
 
 
 def dataset_ids(dataset) -> list[str]:
@@ -69,6 +72,10 @@ class ReportEvaluator:
         confidence: the intervals' level.
         phrases_dir: phrase lists for the CheXpert-style labeler (None: the package's).
         bertscore_model, chexbert_model, radgraph_model: local paths enabling those plug-ins.
+        backend: `transformers` (`XrayGPT.generate`) or `vllm` (the spliced prompt embeddings
+            through a vLLM engine over the same LLM folder, when vLLM is installed; one process,
+            no beam search; see xraygpt.evaluation.vllm_engine).
+        vllm_gpu_memory_utilization: the share of GPU memory the vLLM engine may take.
     """
 
     def __init__(
@@ -93,12 +100,20 @@ class ReportEvaluator:
         bertscore_model: Optional[str] = None,
         chexbert_model: Optional[str] = None,
         radgraph_model: Optional[str] = None,
+        backend: str = "transformers",
+        vllm_gpu_memory_utilization: float = 0.5,
     ):
         if batch_size < 1:
             raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
         if image_mode not in IMAGE_MODES:
             raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "vllm":
+            check_supported(num_beams, vllm_gpu_memory_utilization)
         self.model = model
+        self.backend = backend
+        self.vllm_gpu_memory_utilization = vllm_gpu_memory_utilization
         self.output_dir = Path(output_dir)
         self.batch_size = batch_size
         self.gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample,
@@ -115,8 +130,9 @@ class ReportEvaluator:
         self.labeler = ChexpertRuleLabeler(phrases_dir)
         make_scorer()
 
-    def _generate(self, dataset, ids: list[str], keys: list[int], store: PredictionStore, dist, reports: dict) -> None:
-        """Generate `keys` of `dataset` in batches, appending rows / skip records to `store`."""
+    def _generate(self, dataset, ids: list[str], keys: list[int], store: PredictionStore, dist, reports: dict,
+                  engine) -> None:
+        """Generate `keys` of `dataset` in batches (through `engine` if not None), appending rows / skip records to `store`."""
         blank = None
         if self.image_mode == "blank":
             blank = blank_image(dataset.datasets[0].vis_processor, self.model.encoder.image_size)
@@ -140,7 +156,7 @@ class ReportEvaluator:
             if skipped:
                 store.append(skipped)
                 bar.update(len(skipped))
-            batch_size = generate_fitting(self.model, good, batch_size, emit, **self.gen_kwargs)
+            batch_size = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
         bar.close()
         self.final_batch_size = batch_size
 
@@ -152,6 +168,9 @@ class ReportEvaluator:
             dataset_roots: the split folders, searched for `reports.json` (report ids).
         """
         dist = distributed.init_distributed(self.device, self.dist_backend)
+        if self.backend == "vllm" and dist.world_size > 1:
+            raise ValueError("evaluation.backend vllm runs in one process (vLLM batches by itself); run evaluate.py "
+                             "without torchrun")
         ids = dataset_ids(dataset)
         store = PredictionStore(self.output_dir, dist.rank)
         done = store.done_ids()
@@ -162,7 +181,10 @@ class ReportEvaluator:
         self.model.to(dist.device)
         was_training = self.model.training
         self.model.eval()
-        self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)))
+        engine = None
+        if self.backend == "vllm" and mine:
+            engine = VLLMEngine(self.model, self.vllm_gpu_memory_utilization, self.seed)
+        self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine)
         self.model.train(was_training)
         distributed.barrier()
         if not dist.is_main:
@@ -174,8 +196,9 @@ class ReportEvaluator:
         scored = scoreable(rows)[0]
         metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
                                          self.plugin_paths, dist.device)
-        metrics["generation"] = {"image_mode": self.image_mode, "batch_size": self.batch_size,
-                                 "final_batch_size": self.final_batch_size, **self.gen_kwargs}
+        metrics["generation"] = {"backend": self.backend, "image_mode": self.image_mode,
+                                 "batch_size": self.batch_size, "final_batch_size": self.final_batch_size,
+                                 **self.gen_kwargs}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
         return format_metrics(metrics)

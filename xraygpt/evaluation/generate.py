@@ -58,13 +58,17 @@ def load_samples(dataset, keys: list[int], image_mode: str = "image", blank: tor
 
 
 @torch.no_grad()
-def generate_rows(model, samples: list[dict], **gen_kwargs) -> list[dict]:
+def generate_rows(model, samples: list[dict], engine=None, **gen_kwargs) -> list[dict]:
     """One batch: rows {image_id, image_source, instruction, prediction, reference}, in order.
 
-    `gen_kwargs` go to `XrayGPT.generate` (max_new_tokens, num_beams, do_sample, ...).
+    `gen_kwargs` go to `XrayGPT.generate` (max_new_tokens, num_beams, do_sample, ...), or to
+    `engine(model, samples, **gen_kwargs)` when one is given (a `VLLMEngine`).
     """
-    batch = GenerationCollator(model.prompt_tokenizer)(samples)
-    preds = model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], **gen_kwargs)
+    if engine is not None:
+        preds = engine(model, samples, **gen_kwargs)
+    else:
+        batch = GenerationCollator(model.prompt_tokenizer)(samples)
+        preds = model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], **gen_kwargs)
     return [{"image_id": s["image_id"], "image_source": s["image_source"], "instruction": s["instruction"],
              "prediction": p, "reference": s.get("caption", "")} for s, p in zip(samples, preds)]
 
@@ -77,21 +81,21 @@ def by_prompt_length(prompt_tokenizer, samples: list[dict]) -> list[dict]:
 
 @torch.no_grad()
 def generate_fitting(model, samples: list[dict], batch_size: int,
-                     emit: Callable[[list[dict], list[dict]], None], **gen_kwargs) -> int:
+                     emit: Callable[[list[dict], list[dict]], None], engine=None, **gen_kwargs) -> int:
     """Generate every sample in prompt-length order, in batches of at most `batch_size`.
 
     A batch that runs out of memory (CUDA/CPU allocator errors, as accelerate recognises them)
     is retried at half the size; one image that does not fit re-raises the error.
     `emit(batch, rows)` gets each batch's samples and their rows (as `generate_rows` returns
     them) once generated, so a caller can store them before the next batch.  Returns the batch size in use at the end, which the
-    next call should start from.
+    next call should start from.  `engine` and `gen_kwargs` go to `generate_rows`.
     """
     ordered = by_prompt_length(model.prompt_tokenizer, samples)
     start = 0
     while start < len(ordered):
         chunk = ordered[start:start + batch_size]
         try:
-            rows = generate_rows(model, chunk, **gen_kwargs)
+            rows = generate_rows(model, chunk, engine, **gen_kwargs)
         except RuntimeError as exc:
             if batch_size == 1 or not should_reduce_batch_size(exc):
                 raise

@@ -1,0 +1,135 @@
+"""`evaluation.backend: vllm` against a stand-in of vLLM's offline API.
+
+vLLM needs a CUDA build of torch and cannot be installed beside this project's CPU torch, so a
+stand-in `vllm` module takes its place: `LLM(model=..., enable_prompt_embeds=True, ...)` loads
+the LLM folder with transformers, and `LLM.generate([{"prompt_embeds": (L, D)}], SamplingParams)`
+decodes each prompt greedily on its own (no padding) up to `max_tokens` or a `stop` string,
+returning outputs whose `outputs[0].token_ids` hold the generated ids, as vLLM's do.  These tests
+show what the engine hands vLLM and how it reads the answers back (and that the result equals
+the transformers backend); they cannot show that vLLM itself accepts it.
+"""
+
+import importlib.machinery
+import json
+import sys
+import types
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from xraygpt.data.collate import GenerationCollator
+from xraygpt.data.datasets import MixedDataset, build_openi
+from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
+from xraygpt.evaluation.evaluator import ReportEvaluator
+from xraygpt.evaluation.generate import load_samples
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class StandInLLM:
+    """Records how it was built and what it was asked; answers greedily with the folder's transformers LLM."""
+
+    built: list[dict] = []
+    prompts: list[dict] = []
+    params: list = []
+
+    def __init__(self, model: str, tokenizer: str, dtype: str, gpu_memory_utilization: float, seed: int,
+                 enable_prompt_embeds: bool):
+        StandInLLM.built.append({"model": model, "tokenizer": tokenizer, "dtype": dtype, "seed": seed,
+                                 "gpu_memory_utilization": gpu_memory_utilization,
+                                 "enable_prompt_embeds": enable_prompt_embeds})
+        self.lm = AutoModelForCausalLM.from_pretrained(model, local_files_only=True, dtype=getattr(torch, dtype)).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[dict], params, use_tqdm: bool = True) -> list:
+        assert params.temperature == 0.0, "the stand-in decodes greedily only"
+        StandInLLM.prompts += prompts
+        StandInLLM.params.append(params)
+        outputs = []
+        for prompt in prompts:
+            embeds = prompt["prompt_embeds"]
+            ids = self.lm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, len(embeds), dtype=torch.long),
+                                   max_new_tokens=params.max_tokens, do_sample=False, stop_strings=params.stop,
+                                   tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
+                                   repetition_penalty=params.repetition_penalty)[0]
+            outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids.tolist())]))
+        return outputs
+
+
+class StandInSamplingParams:
+    def __init__(self, max_tokens: int, temperature: float, top_p: float, repetition_penalty: float, stop: list[str]):
+        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.repetition_penalty, self.stop = repetition_penalty, stop
+
+
+@pytest.fixture
+def stand_in_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM, module.SamplingParams = StandInLLM, StandInSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    for record in (StandInLLM.built, StandInLLM.prompts, StandInLLM.params):
+        record.clear()
+    return module
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_factory):
+    m = tiny_model_factory(seed=2)
+    torch.nn.init.normal_(m.projector.proj.weight, std=0.05)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_assets):
+    return MixedDataset([build_openi(str(tiny_assets["val"]), MedCLIPImageEval(112), CaptionProcessor(),
+                                     prompt_path=str(tiny_assets["prompts"]))], seed=0)
+
+
+def _predict(model, dataset, out, **settings):
+    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False, **settings)
+    assert evaluator.run(dataset) is not None
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "metrics.json").read_text())["generation"]
+
+
+def test_vllm_backend_gives_the_transformers_summaries(model, dataset, tiny_assets, tmp_path, stand_in_vllm):
+    reference, _ = _predict(model, dataset, tmp_path / "hf", batch_size=4)
+    rows, generation = _predict(model, dataset, tmp_path / "vllm", batch_size=4, backend="vllm",
+                                vllm_gpu_memory_utilization=0.3)
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in reference]
+    assert any(r["prediction"] for r in rows)
+    assert generation["backend"] == "vllm"
+    assert StandInLLM.built == [{"model": str(tiny_assets["llm"]), "tokenizer": str(tiny_assets["llm"]),
+                                 "dtype": "float32", "seed": 42, "gpu_memory_utilization": 0.3,
+                                 "enable_prompt_embeds": True}]
+    params = StandInLLM.params[0]
+    assert (params.max_tokens, params.temperature, params.stop) == (16, 0.0, ["###"])
+
+
+def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, dataset, stand_in_vllm):
+    from xraygpt.evaluation.vllm_engine import VLLMEngine
+
+    samples = load_samples(dataset, list(range(len(dataset))))
+    VLLMEngine(model)(model, samples, max_new_tokens=2)
+    lengths = [len(model.prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
+    assert len(set(lengths)) > 1  # the batch was left-padded
+    assert [tuple(p["prompt_embeds"].shape) for p in StandInLLM.prompts] == \
+        [(n, model.llm.config.hidden_size) for n in lengths]
+    for sample, prompt in zip(samples, StandInLLM.prompts):
+        alone = GenerationCollator(model.prompt_tokenizer)([sample])
+        expected = model.embed_inputs(alone["input_ids"], alone["pixel_values"])[0]
+        torch.testing.assert_close(prompt["prompt_embeds"], expected)
+        assert prompt["prompt_embeds"].device.type == "cpu" and set(prompt) == {"prompt_embeds"}
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"num_beams": 2}, "not beam search (num_beams 2)"),
+    ({"vllm_gpu_memory_utilization": 0.0}, "evaluation.vllm_gpu_memory_utilization must be in (0, 1]"),
+])
+def test_settings_vllm_cannot_take_are_refused_before_generating(model, tmp_path, stand_in_vllm, settings, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", **settings)
+    assert not StandInLLM.built and not (tmp_path / "out").exists()

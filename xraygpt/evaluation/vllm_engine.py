@@ -1,0 +1,87 @@
+"""Optional summary generation through vLLM's `prompt_embeds` input (`evaluation.backend: vllm`).
+
+vLLM is not a dependency: it needs a CUDA build of torch, which cannot live beside this
+project's CPU torch.  When it is installed, the frozen encoder, the projection and the LLM's
+embedding table stay in the XrayGPT model of this process; each prompt's spliced image+text
+embeddings (`XrayGPT.embed_inputs`, the same pure splicing function as training and the
+transformers path), (L, Dl) with the left padding removed, go to a vLLM engine that loads the
+same LLM folder and runs it with continuous batching and a paged KV cache.
+
+Written against vLLM's offline API (`LLM(model, tokenizer, dtype, seed, gpu_memory_utilization,
+enable_prompt_embeds=True)`, `LLM.generate([{"prompt_embeds": tensor}, ...], SamplingParams(...),
+use_tqdm=False)`, each output's `outputs[0].token_ids`), as read in vLLM 0.33.0's source: prompt
+embeddings are (seq_len, hidden) tensors, sent to the engine from the CPU and cast to the model's
+dtype there; a stop string ends the text, and the ids keep the tokens that completed it (which
+`decode_answer` cuts, as on the transformers path).  The project's tests check this module
+against a stand-in of that API (tests/test_vllm_engine.py); it has not been run against vLLM
+itself, which no machine of this project can install (a CUDA build of torch; a 336 MB wheel).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from xraygpt.data.collate import GenerationCollator
+
+logger = logging.getLogger(__name__)
+
+VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def check_supported(num_beams: int = 1, gpu_memory_utilization: float = 0.5) -> None:
+    """Raise a one-line error unless vLLM is importable (not importing it) and the settings are ones it takes here."""
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"evaluation.vllm_gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError("evaluation.backend vllm needs vLLM, which is not installed (pip install vllm, on a "
+                          "machine with a CUDA build of torch); use evaluation.backend transformers")
+    if num_beams != 1:
+        raise ValueError(f"evaluation.backend vllm does greedy decoding and sampling, not beam search (num_beams "
+                         f"{num_beams}); use evaluation.backend transformers")
+
+
+class VLLMEngine:
+    """A vLLM engine over the LLM folder of `model` (an XrayGPT), fed spliced prompt embeddings.
+
+    Args:
+        model: the XrayGPT model; its LLM's folder (`model.llm.name_or_path`) and dtype are
+            loaded by vLLM, its encoder, projection and embedding table make the prompts.
+        gpu_memory_utilization: share of the GPU's memory vLLM may take (weights + KV cache);
+            the XrayGPT model in this process needs the rest.
+        seed: vLLM's sampling seed.
+    Raises a one-line ImportError when vLLM is not installed.
+    """
+
+    def __init__(self, model, gpu_memory_utilization: float = 0.5, seed: int = 42):
+        check_supported(gpu_memory_utilization=gpu_memory_utilization)
+        import vllm
+
+        self.vllm = vllm
+        folder = model.llm.name_or_path
+        logger.info("vLLM engine over %s (%s, %.0f%% of GPU memory)", folder, VLLM_DTYPES[model.llm_dtype],
+                    100 * gpu_memory_utilization)
+        self.llm = self.vllm.LLM(model=str(folder), tokenizer=str(folder), dtype=VLLM_DTYPES[model.llm_dtype],
+                                 gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prompt_embeds=True)
+
+    @torch.no_grad()
+    def __call__(self, model, samples: list[dict], max_new_tokens: int = 160, num_beams: int = 1,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0) -> list[str]:
+        """One summary per sample (items as `CaptionDataset.get` returns them), in order; as `XrayGPT.generate`."""
+        check_supported(num_beams)
+        batch = GenerationCollator(model.prompt_tokenizer)(samples)
+        embeds = model.embed_inputs(batch["input_ids"].to(model.device), batch["pixel_values"])
+        keep = batch["attention_mask"].bool()
+        prompts = [{"prompt_embeds": row[mask.to(row.device)].cpu()} for row, mask in zip(embeds, keep)]
+        params = self.vllm.SamplingParams(
+            max_tokens=max_new_tokens,
+            temperature=temperature if do_sample else 0.0,
+            top_p=top_p if do_sample else 1.0,
+            repetition_penalty=repetition_penalty,
+            stop=[model.prompt_tokenizer.format.end_sym],
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [model.prompt_tokenizer.decode_answer(list(out.outputs[0].token_ids)) for out in outputs]
