@@ -133,3 +133,14 @@ def test_settings_vllm_cannot_take_are_refused_before_generating(model, tmp_path
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", **settings)
     assert not StandInLLM.built and not (tmp_path / "out").exists()
+
+
+def test_vllm_backend_refuses_several_processes(model, dataset, tmp_path, stand_in_vllm, monkeypatch):
+    from xraygpt.evaluation import evaluator as evaluator_module
+
+    two_ranks = types.SimpleNamespace(rank=0, world_size=2, is_main=True, device=torch.device("cpu"))
+    monkeypatch.setattr(evaluator_module.distributed, "init_distributed", lambda device, backend: two_ranks)
+    evaluator = ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", progress=False)
+    with pytest.raises(ValueError, match="evaluation.backend vllm runs in one process"):
+        evaluator.run(dataset)
+    assert not StandInLLM.built and not (tmp_path / "out").exists()
