@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -55,6 +56,7 @@ def setup_logging(rank: int, level: int = logging.INFO) -> None:
     root.setLevel(level if rank == 0 else logging.WARNING)
     ours = [h for h in root.handlers if getattr(h, "_xraygpt", False)]
     handler = ours[0] if ours else logging.StreamHandler()
+    handler.stream = sys.stderr  # a second call (tests, notebooks) logs to the stderr of now, not a closed one
     handler._xraygpt = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     if not ours:
