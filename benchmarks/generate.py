@@ -17,13 +17,15 @@ A random LLM rarely writes the end symbol, so its summaries run to T tokens in b
 Modes, timed in one run, R rounds alternating the order, after one warm-up batch each (medians):
   one at a time  the first K images (default: all N), batches of 1
   batched (B)    all N images in batches of B
-  vllm           with --vllm: all N in one call through evaluation.backend vllm's engine (vLLM's
-                 prompt_embeds input); the row says "skipped" when vLLM is not installed
+  vllm           with --vllm (tiny or --cfg-path: vLLM loads the LLM folder, which the random 7b has
+                 not): all N in one call through evaluation.backend vllm's engine (vLLM's
+                 prompt_embeds input); the row says "skipped" when vLLM or a GPU is missing
 Every mode goes through `xraygpt.evaluation.generate.generate_fitting` (the evaluator's path:
-prompt-length order, left padding, KV cache), greedy.  Output tokens are those the LLM returned
-before each row's padding (its end symbol included).  Printed: images/s, output tokens/s,
-seconds, peak GPU memory on CUDA; the speed-up in images/s over one at a time; whether the
-greedy outputs of the K images done both ways match.  Torch runs K threads on CPU (default 1, so
+prompt-length order, left padding, KV cache), greedy, on the GPU when there is one.  Output
+tokens are the ids the LLM returned other than the pad id (end symbols included).  Printed:
+images/s, output tokens/s, seconds, peak GPU memory of this process on CUDA (vLLM's engine runs in
+its own: not shown); the speed-up in images/s over one at a time; whether the greedy outputs of
+the K images done both ways match.  Torch runs K threads on CPU (default 1, so
 that on a shared machine the comparison measures batching rather than thread scheduling).
 """
 
@@ -72,7 +74,7 @@ def tiny_config(folder: Path, images: int) -> dict:
 
 
 class TokenCounter:
-    """Counts the output tokens of every `generate` it is attached to (transformers: up to each row's padding)."""
+    """Counts the output tokens of every `generate` it is attached to (transformers: ids other than the pad id)."""
 
     def __init__(self):
         self.tokens = 0
@@ -119,6 +121,8 @@ def tiny_samples(folder: Path, images: int) -> tuple:
 def config_samples(cfg, images: int) -> tuple:
     """(model, samples) of an evaluation config's model and split (its first `images` images)."""
     model = builders.build_model(cfg.model, 0).eval()
+    if torch.cuda.is_available():
+        model.to("cuda")
     dataset = builders.build_datasets(evaluated_splits(cfg), 0, "eval", model.prompt_tokenizer)
     return model, load_samples(dataset, list(range(min(images, len(dataset)))))
 
@@ -155,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="add a row through vLLM's prompt_embeds input")
     args = parser.parse_args(argv)
+    if args.vllm and args.size == "7b" and not args.cfg_path:
+        print("error: --vllm needs an LLM folder for vLLM to load; the random 7b model has none (use --cfg-path)",
+              file=sys.stderr)
+        return 2
     if args.size == "7b" and not torch.cuda.is_available():
         print("error: --size 7b needs a CUDA GPU (its bf16 weights alone are 13.5 GB); use tiny on CPU", file=sys.stderr)
         return 2
@@ -172,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped = None
         if args.vllm:
             try:
-                modes["vllm"] = (samples, len(samples), VLLMEngine(model))
-            except ImportError as exc:
+                modes["vllm"] = (samples, len(samples), VLLMEngine(model, 0.5, 0))
+            except (ImportError, ValueError) as exc:
                 skipped = str(exc)
         counter = TokenCounter()
         counter.attach(model.llm, transformers_tokens)
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.reset_peak_memory_stats(model.device)
                 seconds, tokens[mode], outputs[mode] = timed(model, subset, size, args.max_new_tokens, counter, engine)
                 times[mode].append(seconds)
-                if model.device.type == "cuda":
+                if model.device.type == "cuda" and engine is None:
                     peak[mode] = torch.cuda.max_memory_allocated(model.device) / 2**30
     where = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch thread(s)"
     lines = [f"{source}; {where}; greedy, max_new_tokens {args.max_new_tokens}, median of {args.rounds} rounds",
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode, (subset, _, _) in modes.items():
         seconds = statistics.median(times[mode])
         lines.append(f"{mode:<22}{len(subset):>8}{len(subset) / seconds:>10.2f}{tokens[mode] / seconds:>10.1f}"
-                     f"{seconds:>10.2f}{len(subset) / seconds / base:>9.1f}x" + (f"{peak[mode]:>10.1f}" if peak else ""))
+                     f"{seconds:>10.2f}{len(subset) / seconds / base:>9.1f}x"
+                     + ((f"{peak[mode]:>10.1f}" if mode in peak else f"{'-':>10}") if peak else ""))
     if skipped:
         lines.append(f"{'vllm':<22}skipped: {skipped}")
     ids = [s["image_id"] for s in single]

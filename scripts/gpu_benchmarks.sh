@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's GPU table: train_step.py and generate.py at the 7b size, on a machine whose
-# python already has a CUDA build of torch and the project's dependencies (nothing is installed
-# here). Each benchmark's table goes to the terminal and to output/benchmarks/<name>.txt.
+# The GPU figures the README's Performance section asks for: train_step.py and generate.py at
+# the 7b size, on a machine whose python already has a CUDA build of torch and the project's
+# dependencies (nothing is installed here). Each benchmark's table goes to the terminal and to
+# OUT_DIR/<name>.txt (default output/benchmarks/).
 #   bash scripts/gpu_benchmarks.sh [OUT_DIR]
 # Settings (environment): PYTHON (python3), TRAIN_BATCH (16), GEN_IMAGES (128), GEN_BATCH (64),
 # GEN_SINGLE (8, images timed one at a time), GEN_TOKENS (160, as evaluation's max_new_tokens).

@@ -2,7 +2,6 @@
 
 import shutil
 
-
 import train
 from conftest import tiny_config, write_yaml
 

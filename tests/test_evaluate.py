@@ -106,6 +106,7 @@ def test_resume_skips_predicted_ids_and_reads_a_killed_runs_parts(tiny_assets, c
     assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
     assert "8 already predicted" in caplog.text and "0 to generate" in caplog.text
     assert read_rows(out) == rows and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["generation"]["final_batch_size"] is None
 
 
 def test_torchrun_two_processes_match_one(single_run, tiny_assets, checkpoint, tmp_path):

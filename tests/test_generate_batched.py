@@ -9,7 +9,7 @@ from xraygpt.data.datasets import MixedDataset, build_openi
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
 from xraygpt.evaluation.evaluator import ReportEvaluator, dataset_ids
-from xraygpt.evaluation.generate import blank_image, generate_for_dataset, load_samples
+from xraygpt.evaluation.generate import blank_image, generate_fitting, generate_for_dataset, load_samples
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,22 +86,28 @@ def test_batches_are_sorted_by_prompt_length(model, dataset, tmp_path, monkeypat
     rows = _predict(model, dataset, tmp_path / "sorted", batch_size=2)  # one window of 8 images, 4 batches
     flat = [n for batch in lengths for n in batch]
     assert [len(b) for b in lengths] == [2, 2, 2, 2]
-    assert flat == sorted(flat) and len(set(flat)) > 1
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) > 1  # longest first: the biggest batch comes first
     assert [r["image_id"] for r in rows] == dataset_ids(dataset)  # predictions.jsonl stays in split order
 
 
-def test_a_batch_out_of_memory_is_retried_at_half_the_size(model, dataset, tmp_path, monkeypatch, caplog):
-    reference = _predict(model, dataset, tmp_path / "b1", batch_size=1)
+def _memory_for(monkeypatch, model, images: int) -> list[int]:
+    """Make `model.generate` run out of memory on batches of more than `images`; returns the batch sizes tried."""
     sizes = []
     real = type(model).generate
 
     def small_memory(self, pixel_values, input_ids, attention_mask, **kwargs):
         sizes.append(len(pixel_values))
-        if len(pixel_values) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(pixel_values) > images:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, pixel_values, input_ids, attention_mask, **kwargs)
 
     monkeypatch.setattr(type(model), "generate", small_memory)
+    return sizes
+
+
+def test_a_batch_out_of_memory_is_retried_at_half_the_size(model, dataset, tmp_path, monkeypatch, caplog):
+    reference = _predict(model, dataset, tmp_path / "b1", batch_size=1)
+    sizes = _memory_for(monkeypatch, model, 2)
     caplog.set_level("WARNING")
     out = tmp_path / "b8"
     rows = _predict(model, dataset, out, batch_size=8)
@@ -111,11 +117,24 @@ def test_a_batch_out_of_memory_is_retried_at_half_the_size(model, dataset, tmp_p
     generation = json.loads((out / "metrics.json").read_text())["generation"]
     assert generation["batch_size"] == 8 and generation["final_batch_size"] == 2
     # the embedded pipeline's API backs off the same way
+    sizes.clear()
     assert [r["prediction"] for r in generate_for_dataset(model, dataset, batch_size=4, max_new_tokens=16)] == \
         [r["prediction"] for r in reference]
+    assert sizes == [4, 2, 2, 2, 2]
 
 
-@pytest.mark.parametrize("error, tried", [(torch.OutOfMemoryError("CUDA out of memory."), [4, 2, 1]),
+def test_a_short_batch_out_of_memory_is_halved_from_its_own_size(model, dataset, monkeypatch, caplog):
+    sizes = _memory_for(monkeypatch, model, 1)
+    caplog.set_level("WARNING")
+    rows = []
+    samples = load_samples(dataset, [0, 1, 2])
+    assert generate_fitting(model, samples, 16, lambda batch, r: rows.extend(r), max_new_tokens=4) == 1
+    assert sizes == [3, 1, 1, 1]  # not 3 again at "8", then "4", then 2
+    assert "batch of 3 images ran out of memory; going on with batches of 1" in caplog.text
+    assert sorted(r["image_id"] for r in rows) == sorted(s["image_id"] for s in samples)
+
+
+@pytest.mark.parametrize("error, tried", [(torch.cuda.OutOfMemoryError("CUDA out of memory."), [4, 2, 1]),
                                            (RuntimeError("shape mismatch"), [4])])
 def test_errors_that_halving_cannot_fix_are_raised(model, dataset, monkeypatch, error, tried):
     sizes = []

@@ -1,16 +1,18 @@
 """`evaluation.backend: vllm` against a stand-in of vLLM's offline API.
 
 vLLM needs a CUDA build of torch and cannot be installed beside this project's CPU torch, so a
-stand-in `vllm` module takes its place: `LLM(model=..., enable_prompt_embeds=True, ...)` loads
+stand-in `vllm` module takes its place (and torch is told a GPU exists, which the backend asks
+for; everything still runs on the CPU): `LLM(model=..., enable_prompt_embeds=True, ...)` loads
 the LLM folder with transformers, and `LLM.generate([{"prompt_embeds": (L, D)}], SamplingParams)`
-decodes each prompt greedily on its own (no padding) up to `max_tokens` or a `stop` string,
-returning outputs whose `outputs[0].token_ids` hold the generated ids, as vLLM's do.  These tests
+decodes each prompt on its own (no padding; greedy at temperature 0) up to `max_tokens` or a
+`stop` string, returning outputs whose `outputs[0].token_ids` hold the generated ids, as vLLM's do.  These tests
 show what the engine hands vLLM and how it reads the answers back (and that the result equals
 the transformers backend); they cannot show that vLLM itself accepts it.
 """
 
 import importlib.machinery
 import json
+import re
 import sys
 import types
 
@@ -44,24 +46,23 @@ class StandInLLM:
 
     @torch.no_grad()
     def generate(self, prompts: list[dict], params, use_tqdm: bool = True) -> list:
-        assert params.temperature == 0.0, "the stand-in decodes greedily only"
         StandInLLM.prompts += prompts
         StandInLLM.params.append(params)
         outputs = []
         for prompt in prompts:
             embeds = prompt["prompt_embeds"]
             ids = self.lm.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, len(embeds), dtype=torch.long),
-                                   max_new_tokens=params.max_tokens, do_sample=False, stop_strings=params.stop,
-                                   tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id,
-                                   repetition_penalty=params.repetition_penalty)[0]
+                                   max_new_tokens=params.max_tokens, do_sample=params.temperature > 0,
+                                   temperature=params.temperature or None, top_p=params.top_p,
+                                   stop_strings=params.stop, tokenizer=self.tokenizer,
+                                   pad_token_id=self.tokenizer.pad_token_id)[0]
             outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=ids.tolist())]))
         return outputs
 
 
 class StandInSamplingParams:
-    def __init__(self, max_tokens: int, temperature: float, top_p: float, repetition_penalty: float, stop: list[str]):
-        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
-        self.repetition_penalty, self.stop = repetition_penalty, stop
+    def __init__(self, max_tokens: int, temperature: float, top_p: float, stop: list[str]):
+        self.max_tokens, self.temperature, self.top_p, self.stop = max_tokens, temperature, top_p, stop
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def stand_in_vllm(monkeypatch):
     module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     module.LLM, module.SamplingParams = StandInLLM, StandInSamplingParams
     monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for record in (StandInLLM.built, StandInLLM.prompts, StandInLLM.params):
         record.clear()
     return module
@@ -89,7 +91,8 @@ def dataset(tiny_assets):
 
 
 def _predict(model, dataset, out, **settings):
-    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False, **settings)
+    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False,
+                                device="cpu", **settings)
     assert evaluator.run(dataset) is not None
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return rows, json.loads((out / "metrics.json").read_text())["generation"]
@@ -106,14 +109,30 @@ def test_vllm_backend_gives_the_transformers_summaries(model, dataset, tiny_asse
                                  "dtype": "float32", "seed": 42, "gpu_memory_utilization": 0.3,
                                  "enable_prompt_embeds": True}]
     params = StandInLLM.params[0]
-    assert (params.max_tokens, params.temperature, params.stop) == (16, 0.0, ["###"])
+    assert (params.max_tokens, params.temperature, params.top_p, params.stop) == (16, 0.0, 1.0, ["###"])
+    assert len(StandInLLM.params) == 2 and len(StandInLLM.prompts) == 8  # batch_size (4) prompts per vLLM call
+    # a second run finds every image predicted: no engine is built
+    StandInLLM.built.clear()
+    _, generation = _predict(model, dataset, tmp_path / "vllm", batch_size=4, backend="vllm")
+    assert not StandInLLM.built and generation["final_batch_size"] is None
+
+
+def test_sampling_settings_reach_vllm(model, dataset, stand_in_vllm):
+    from xraygpt.evaluation.vllm_engine import VLLMEngine
+
+    samples = load_samples(dataset, [0, 1])
+    torch.manual_seed(0)
+    answers = VLLMEngine(model, 0.5, 7)(model, samples, max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9)
+    assert len(answers) == 2 and StandInLLM.built[0]["seed"] == 7
+    params = StandInLLM.params[0]
+    assert (params.max_tokens, params.temperature, params.top_p) == (3, 0.7, 0.9)
 
 
 def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, dataset, stand_in_vllm):
     from xraygpt.evaluation.vllm_engine import VLLMEngine
 
     samples = load_samples(dataset, list(range(len(dataset))))
-    VLLMEngine(model)(model, samples, max_new_tokens=2)
+    VLLMEngine(model, 0.5, 0)(model, samples, max_new_tokens=2)
     lengths = [len(model.prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
     assert len(set(lengths)) > 1  # the batch was left-padded
     assert [tuple(p["prompt_embeds"].shape) for p in StandInLLM.prompts] == \
@@ -127,10 +146,18 @@ def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model
 
 @pytest.mark.parametrize("settings, needle", [
     ({"num_beams": 2}, "not beam search (num_beams 2)"),
+    ({"repetition_penalty": 1.2}, "takes no repetition_penalty (1.2)"),
     ({"vllm_gpu_memory_utilization": 0.0}, "evaluation.vllm_gpu_memory_utilization must be in (0, 1]"),
+    ({"no_gpu": True}, "needs a CUDA GPU and torch sees none"),
+    ({"quantized": True}, "set model.llm.quantization none"),
 ])
-def test_settings_vllm_cannot_take_are_refused_before_generating(model, tmp_path, stand_in_vllm, settings, needle):
-    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+def test_what_vllm_cannot_take_is_refused_before_generating(model, tmp_path, stand_in_vllm, monkeypatch,
+                                                            settings, needle):
+    if settings.pop("no_gpu", False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if settings.pop("quantized", False):
+        monkeypatch.setattr(model.llm, "hf_quantizer", object(), raising=False)
+    with pytest.raises(ValueError, match=re.escape(needle)):
         ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", **settings)
     assert not StandInLLM.built and not (tmp_path / "out").exists()
 

@@ -9,7 +9,8 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
    default) with a tqdm bar in images/s on rank 0; each rank appends its rows to its part file
    after every batch.  Images are read `batch_size` x WINDOW_BATCHES at a time, sorted by prompt
    length within that window, and a batch that runs out of memory is retried at half the size
-   (`generate_fitting`; metrics.json records the size rank 0 ended on).  An image that does not
+   (`generate_fitting`; metrics.json records the size rank 0 ended on, null if it generated
+   nothing).  An image that does not
    decode is skipped and counted (the dataset would otherwise substitute the next sample);
 3. on rank 0, after every rank finished: merges the parts into predictions.jsonl, writes
    predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins`), and
@@ -36,7 +37,7 @@ from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
-from xraygpt.evaluation.vllm_engine import VLLMEngine, check_supported
+from xraygpt.evaluation.vllm_engine import VLLMEngine, check_decoding, check_supported
 from xraygpt.training import distributed
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class ReportEvaluator:
         phrases_dir: phrase lists for the CheXpert-style labeler (None: the package's).
         bertscore_model, chexbert_model, radgraph_model: local paths enabling those plug-ins.
         backend: `transformers` (`XrayGPT.generate`) or `vllm` (the spliced prompt embeddings
-            through a vLLM engine over the same LLM folder, when vLLM is installed; one process,
-            no beam search; see xraygpt.evaluation.vllm_engine).
+            through a vLLM engine over the same LLM folder, when vLLM is installed; one process
+            on a CUDA GPU, no beam search or repetition penalty, `batch_size` prompts per vLLM
+            call; see xraygpt.evaluation.vllm_engine).
         vllm_gpu_memory_utilization: the share of GPU memory the vLLM engine may take.
     """
 
@@ -110,7 +112,8 @@ class ReportEvaluator:
         if backend not in BACKENDS:
             raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "vllm":
-            check_supported(num_beams, vllm_gpu_memory_utilization)
+            check_supported(model, vllm_gpu_memory_utilization)
+            check_decoding(num_beams, repetition_penalty)
         self.model = model
         self.backend = backend
         self.vllm_gpu_memory_utilization = vllm_gpu_memory_utilization
@@ -131,8 +134,11 @@ class ReportEvaluator:
         make_scorer()
 
     def _generate(self, dataset, ids: list[str], keys: list[int], store: PredictionStore, dist, reports: dict,
-                  engine) -> None:
-        """Generate `keys` of `dataset` in batches (through `engine` if not None), appending rows / skip records to `store`."""
+                  engine: Optional[VLLMEngine]) -> Optional[int]:
+        """Generate `keys` of `dataset` in batches (through `engine` if given), appending rows / skip records to `store`.
+
+        Returns the batch size in use at the end (None when there was nothing to generate).
+        """
         blank = None
         if self.image_mode == "blank":
             blank = blank_image(dataset.datasets[0].vis_processor, self.model.encoder.image_size)
@@ -144,7 +150,7 @@ class ReportEvaluator:
             store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row} for row in rows])
             bar.update(len(rows))
 
-        batch_size = self.batch_size
+        batch_size, final = self.batch_size, None
         start = 0
         while start < len(keys):
             window = keys[start:start + batch_size * WINDOW_BATCHES]
@@ -156,9 +162,9 @@ class ReportEvaluator:
             if skipped:
                 store.append(skipped)
                 bar.update(len(skipped))
-            batch_size = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
+            batch_size = final = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
         bar.close()
-        self.final_batch_size = batch_size
+        return final
 
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
@@ -178,13 +184,17 @@ class ReportEvaluator:
         mine = todo[dist.rank::dist.world_size]
         logger.info("%d images in the split, %d already predicted in %s, %d to generate (%d on this rank)",
                     len(ids), len(ids) - len(todo), self.output_dir, len(todo), len(mine))
-        self.model.to(dist.device)
+        engine = None
+        if self.backend == "vllm":  # vLLM runs the LLM; only what makes the prompt embeddings goes to the device
+            for part in (self.model.encoder, self.model.projector, self.model.llm.get_input_embeddings()):
+                part.to(dist.device)
+            if mine:
+                engine = VLLMEngine(self.model, self.vllm_gpu_memory_utilization, self.seed)
+        else:
+            self.model.to(dist.device)
         was_training = self.model.training
         self.model.eval()
-        engine = None
-        if self.backend == "vllm" and mine:
-            engine = VLLMEngine(self.model, self.vllm_gpu_memory_utilization, self.seed)
-        self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine)
+        final_batch_size = self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine)
         self.model.train(was_training)
         distributed.barrier()
         if not dist.is_main:
@@ -197,7 +207,7 @@ class ReportEvaluator:
         metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
                                          self.plugin_paths, dist.device)
         metrics["generation"] = {"backend": self.backend, "image_mode": self.image_mode,
-                                 "batch_size": self.batch_size, "final_batch_size": self.final_batch_size,
+                                 "batch_size": self.batch_size, "final_batch_size": final_batch_size,
                                  **self.gen_kwargs}
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")

@@ -7,24 +7,29 @@ Ablations (`image_mode`) check that the summaries come from the image:
 
 `load_samples` reads the samples of some dataset keys with the chosen images and
 `generate_rows` writes one batch's summaries (left-padded prompts, `XrayGPT.generate`).
-`generate_fitting` tunes a run of batches: it sorts the samples by prompt length (so a
-batch's left padding is as short as it can be) and halves the batch size whenever a batch
-runs out of memory (accelerate's OOM test), keeping the smaller size from then on.  The
-report evaluator streams windows of samples through it; `generate_for_dataset` runs it over
-a whole dataset.
+`generate_fitting` tunes a run of batches: it sorts the samples by prompt length, longest
+first (so a batch's left padding is short, and the batch most likely to run out of memory
+comes first), and halves a batch that runs out of memory (accelerate's OOM test), keeping
+the smaller size from then on.  The report evaluator streams windows of samples through it;
+`generate_for_dataset` runs it over a whole dataset.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from PIL import Image
 from tqdm import tqdm
 
+from xraygpt.conversation import PromptTokenizer
 from xraygpt.data.collate import GenerationCollator
+
+if TYPE_CHECKING:
+    from xraygpt.evaluation.vllm_engine import VLLMEngine
+    from xraygpt.models.xraygpt import XrayGPT
 
 IMAGE_MODES = ("image", "shuffled", "blank")
 WINDOW_BATCHES = 4  # samples are read this many batches at a time and sorted by prompt length within the window
@@ -58,7 +63,7 @@ def load_samples(dataset, keys: list[int], image_mode: str = "image", blank: tor
 
 
 @torch.no_grad()
-def generate_rows(model, samples: list[dict], engine=None, **gen_kwargs) -> list[dict]:
+def generate_rows(model: XrayGPT, samples: list[dict], engine: Optional[VLLMEngine] = None, **gen_kwargs) -> list[dict]:
     """One batch: rows {image_id, image_source, instruction, prediction, reference}, in order.
 
     `gen_kwargs` go to `XrayGPT.generate` (max_new_tokens, num_beams, do_sample, ...), or to
@@ -73,22 +78,24 @@ def generate_rows(model, samples: list[dict], engine=None, **gen_kwargs) -> list
              "prediction": p, "reference": s.get("caption", "")} for s, p in zip(samples, preds)]
 
 
-def by_prompt_length(prompt_tokenizer, samples: list[dict]) -> list[dict]:
-    """`samples` sorted by prompt token length, shortest first (ties keep their order)."""
+def by_prompt_length(prompt_tokenizer: PromptTokenizer, samples: list[dict]) -> list[dict]:
+    """`samples` sorted by prompt token length, longest first (ties keep their order)."""
     lengths = [len(prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
-    return [samples[i] for i in sorted(range(len(samples)), key=lengths.__getitem__)]
+    return [samples[i] for i in sorted(range(len(samples)), key=lambda i: -lengths[i])]
 
 
 @torch.no_grad()
-def generate_fitting(model, samples: list[dict], batch_size: int,
-                     emit: Callable[[list[dict], list[dict]], None], engine=None, **gen_kwargs) -> int:
-    """Generate every sample in prompt-length order, in batches of at most `batch_size`.
+def generate_fitting(model: XrayGPT, samples: list[dict], batch_size: int,
+                     emit: Callable[[list[dict], list[dict]], None], engine: Optional[VLLMEngine] = None,
+                     **gen_kwargs) -> int:
+    """Generate every sample, longest prompt first, in batches of at most `batch_size`.
 
     A batch that runs out of memory (CUDA/CPU allocator errors, as accelerate recognises them)
-    is retried at half the size; one image that does not fit re-raises the error.
-    `emit(batch, rows)` gets each batch's samples and their rows (as `generate_rows` returns
-    them) once generated, so a caller can store them before the next batch.  Returns the batch size in use at the end, which the
-    next call should start from.  `engine` and `gen_kwargs` go to `generate_rows`.
+    is retried at half its size, which becomes the batch size; one image that does not fit
+    re-raises the error.  `emit(batch, rows)` gets each batch's samples and their rows (as
+    `generate_rows` returns them) once generated, so a caller can store them before the next
+    batch.  Returns the batch size in use at the end, which the next call should start from.
+    `engine` and `gen_kwargs` go to `generate_rows`.
     """
     ordered = by_prompt_length(model.prompt_tokenizer, samples)
     start = 0
@@ -97,12 +104,14 @@ def generate_fitting(model, samples: list[dict], batch_size: int,
         try:
             rows = generate_rows(model, chunk, engine, **gen_kwargs)
         except RuntimeError as exc:
-            if batch_size == 1 or not should_reduce_batch_size(exc):
+            if len(chunk) == 1 or not should_reduce_batch_size(exc):
                 raise
+            rows = None
+        if rows is None:  # out of memory: the failed batch's tensors are released once outside the except
             clear_device_cache(garbage_collection=True)
+            batch_size = len(chunk) // 2
             logger.warning("a generation batch of %d images ran out of memory; going on with batches of %d",
-                           batch_size, batch_size // 2)
-            batch_size //= 2
+                           len(chunk), batch_size)
             continue
         emit(chunk, rows)
         start += len(chunk)

@@ -2,7 +2,8 @@
 
 vLLM is not a dependency: it needs a CUDA build of torch, which cannot live beside this
 project's CPU torch.  When it is installed, the frozen encoder, the projection and the LLM's
-embedding table stay in the XrayGPT model of this process; each prompt's spliced image+text
+embedding table of the XrayGPT model run in this process (the evaluator puts only those on the
+GPU; the rest of the transformers LLM stays where it was loaded); each prompt's spliced image+text
 embeddings (`XrayGPT.embed_inputs`, the same pure splicing function as training and the
 transformers path), (L, Dl) with the left padding removed, go to a vLLM engine that loads the
 same LLM folder and runs it with continuous batching and a paged KV cache.
@@ -21,26 +22,48 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from xraygpt.data.collate import GenerationCollator
+from xraygpt.models.llm import is_quantized
+
+if TYPE_CHECKING:
+    from xraygpt.models.xraygpt import XrayGPT
 
 logger = logging.getLogger(__name__)
 
 VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-def check_supported(num_beams: int = 1, gpu_memory_utilization: float = 0.5) -> None:
-    """Raise a one-line error unless vLLM is importable (not importing it) and the settings are ones it takes here."""
+def check_supported(model: XrayGPT, gpu_memory_utilization: float) -> None:
+    """Raise a one-line error unless vLLM is importable (not importing it), torch sees a CUDA GPU,
+    and the model and memory share are ones this path takes."""
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError(f"evaluation.vllm_gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     if importlib.util.find_spec("vllm") is None:
         raise ImportError("evaluation.backend vllm needs vLLM, which is not installed (pip install vllm, on a "
                           "machine with a CUDA build of torch); use evaluation.backend transformers")
+    if not torch.cuda.is_available():
+        raise ValueError("evaluation.backend vllm needs a CUDA GPU and torch sees none; use evaluation.backend "
+                         "transformers")
+    if is_quantized(model.llm):
+        raise ValueError("evaluation.backend vllm loads the LLM folder itself, unquantized: set "
+                         "model.llm.quantization none")
+    if not model.llm.name_or_path:
+        raise ValueError("evaluation.backend vllm needs the LLM loaded from a folder (model.llm.path)")
+
+
+def check_decoding(num_beams: int, repetition_penalty: float) -> None:
+    """Raise a one-line ValueError for decoding settings this path does not do as `XrayGPT.generate` does."""
     if num_beams != 1:
         raise ValueError(f"evaluation.backend vllm does greedy decoding and sampling, not beam search (num_beams "
                          f"{num_beams}); use evaluation.backend transformers")
+    if repetition_penalty != 1:
+        raise ValueError(f"evaluation.backend vllm takes no repetition_penalty ({repetition_penalty}): vLLM would "
+                         "apply it to prompt ids that an embeddings prompt does not have; use evaluation.backend "
+                         "transformers")
 
 
 class VLLMEngine:
@@ -50,13 +73,13 @@ class VLLMEngine:
         model: the XrayGPT model; its LLM's folder (`model.llm.name_or_path`) and dtype are
             loaded by vLLM, its encoder, projection and embedding table make the prompts.
         gpu_memory_utilization: share of the GPU's memory vLLM may take (weights + KV cache);
-            the XrayGPT model in this process needs the rest.
+            the encoder, projection and embedding table in this process need a little of the rest.
         seed: vLLM's sampling seed.
-    Raises a one-line ImportError when vLLM is not installed.
+    Raises a one-line error where `check_supported` does (vLLM missing, no GPU, a quantized LLM).
     """
 
-    def __init__(self, model, gpu_memory_utilization: float = 0.5, seed: int = 42):
-        check_supported(gpu_memory_utilization=gpu_memory_utilization)
+    def __init__(self, model: XrayGPT, gpu_memory_utilization: float, seed: int):
+        check_supported(model, gpu_memory_utilization)
         import vllm
 
         self.vllm = vllm
@@ -67,20 +90,23 @@ class VLLMEngine:
                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prompt_embeds=True)
 
     @torch.no_grad()
-    def __call__(self, model, samples: list[dict], max_new_tokens: int = 160, num_beams: int = 1,
+    def __call__(self, model: XrayGPT, samples: list[dict], max_new_tokens: int, num_beams: int = 1,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0) -> list[str]:
-        """One summary per sample (items as `CaptionDataset.get` returns them), in order; as `XrayGPT.generate`."""
-        check_supported(num_beams)
+        """One summary per sample (items as `CaptionDataset.get` returns them), in order; as `XrayGPT.generate`.
+
+        vLLM schedules all of `samples` at once (continuous batching), so a large batch is best.
+        Each prompt is its (L_i, Dl) spliced embeddings, the batch's left padding removed.
+        """
+        check_decoding(num_beams, repetition_penalty)
         batch = GenerationCollator(model.prompt_tokenizer)(samples)
-        embeds = model.embed_inputs(batch["input_ids"].to(model.device), batch["pixel_values"])
+        embeds = model.embed_inputs(batch["input_ids"].to(model.device), batch["pixel_values"]).cpu()
         keep = batch["attention_mask"].bool()
-        prompts = [{"prompt_embeds": row[mask.to(row.device)].cpu()} for row, mask in zip(embeds, keep)]
+        prompts = [{"prompt_embeds": row[mask]} for row, mask in zip(embeds, keep)]
         params = self.vllm.SamplingParams(
             max_tokens=max_new_tokens,
             temperature=temperature if do_sample else 0.0,
             top_p=top_p if do_sample else 1.0,
-            repetition_penalty=repetition_penalty,
             stop=[model.prompt_tokenizer.format.end_sym],
         )
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
