@@ -2,14 +2,14 @@
 
     python benchmarks/generate.py [--size tiny|7b | --cfg-path eval_configs/tiny_eval.yaml] [--images N]
                                   [--batch-size B] [--single-images K] [--max-new-tokens T] [--rounds R]
-                                  [--threads K] [--vllm]
+                                  [--threads K] [--vllm] [--captions filter_cap.json]
 
 Models (random weights unless --cfg-path; nothing is downloaded):
   tiny        built in a temporary folder the way the tests build theirs: synthetic 112-px images, a
               small MedCLIP-format Swin and a 2-layer LLaMA with a SentencePiece tokenizer (CPU)
   7b          train_step.py's LLaMA-7B shape, bf16 weights created on the GPU, the full-size MedCLIP
-              Swin-T on synthetic 224-px images, a tokenizer trained on the OpenI summaries of
-              ../shared (synthetic ones without them); refused without CUDA
+              Swin-T on synthetic 224-px images, a tokenizer trained on the summaries of --captions
+              (../shared's OpenI sample by default; synthetic ones without it); refused without CUDA
   --cfg-path  the model and split of an evaluation config (e.g. the trained embedded default after
               the quickstart, whose summaries stop at the end symbol)
 A random LLM rarely writes the end symbol, so its summaries run to T tokens in both modes.
@@ -53,7 +53,7 @@ from xraygpt.conversation import load_instructions  # noqa: E402
 from xraygpt.data.synthetic import generate_dataset  # noqa: E402
 from xraygpt.embedded import conversation_texts, write_tiny_encoder, write_tiny_llm  # noqa: E402
 from xraygpt.evaluation.generate import generate_fitting, generate_rows, load_samples  # noqa: E402
-from xraygpt.evaluation.vllm_engine import VLLMEngine  # noqa: E402
+from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused  # noqa: E402
 
 
 def tiny_config(folder: Path, images: int) -> dict:
@@ -127,18 +127,17 @@ def config_samples(cfg, images: int) -> tuple:
     return model, load_samples(dataset, list(range(min(images, len(dataset)))))
 
 
-def llama_7b_samples(folder: Path, images: int) -> tuple:
-    """(model, samples, description): train_step.py's random 7B-shape model on the GPU, synthetic 224-px images."""
-    from train_step import build_model, captions
+def llama_7b_samples(folder: Path, images: int, summaries: Path) -> tuple:
+    """(model, samples, description): train_step.py's random 7B-shape model on the GPU, synthetic 224-px images,
+    a tokenizer trained on the summaries of `summaries` (a filter_cap.json; synthetic ones when it is absent)."""
+    from train_step import build_model, captions, summary_tokenizer
 
     from xraygpt.data.datasets import MixedDataset, build_openi
     from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
-    from xraygpt.embedded import train_tokenizer
-    from xraygpt.models.llm import load_tokenizer
 
     prompts = REPO / "prompts" / "alignment.txt"
-    train_tokenizer(captions(10_000, 0) + load_instructions(prompts), folder / "tok", vocab_size=8000)
-    tokenizer = load_tokenizer(folder / "tok")
+    tokenizer = summary_tokenizer(captions(10_000, 0, summaries) + load_instructions(prompts), folder / "tok",
+                                  summaries.is_file())
     generate_dataset(folder / "data", num_train=0, num_val=0, num_test=images, seed=0, image_size=224)
     dataset = MixedDataset([build_openi(str(folder / "data" / "test"), MedCLIPImageEval(224), CaptionProcessor(),
                                         prompt_path=str(prompts))], seed=0)
@@ -158,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="add a row through vLLM's prompt_embeds input")
+    parser.add_argument("--captions", type=Path, default=REPO.parent / "shared" / "data" / "openi-sample" / "filter_cap.json",
+                        help="7b: a filter_cap.json whose summaries train the tokenizer (default: ../shared's OpenI "
+                             "sample; synthetic summaries when it is absent)")
     args = parser.parse_args(argv)
     if args.vllm and args.size == "7b" and not args.cfg_path:
         print("error: --vllm needs an LLM folder for vLLM to load; the random 7b model has none (use --cfg-path)",
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             model, samples = config_samples(load_eval_config(args.cfg_path), args.images)
             source = args.cfg_path
         elif args.size == "7b":
-            model, samples, source = llama_7b_samples(Path(tmp), args.images)
+            model, samples, source = llama_7b_samples(Path(tmp), args.images, args.captions)
         else:
             model, samples, source = tiny_samples(Path(tmp), args.images)
         single = samples[:args.single_images or len(samples)]
@@ -180,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped = None
         if args.vllm:
             try:
-                modes["vllm"] = (samples, len(samples), VLLMEngine(model, 0.5, 0))
-            except (ImportError, ValueError) as exc:
+                modes["vllm"] = (samples, len(samples), VLLMEngine(model, 0.8, 0))
+            except VLLMRefused as exc:
                 skipped = str(exc)
         counter = TokenCounter()
         counter.attach(model.llm, transformers_tokens)

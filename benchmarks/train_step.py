@@ -2,7 +2,7 @@
 vs full-size Swin-T images encoded on the fly.
 
     python benchmarks/train_step.py [--size tiny|small|7b] [--batch-size B] [--steps S] [--threads 1]
-                                    [--device auto|cpu|cuda] [--seed 0]
+                                    [--device auto|cpu|cuda] [--seed 0] [--captions filter_cap.json]
 
 Model (random weights, built here; nothing is downloaded):
   encoder  the full-size MedCLIP Swin-T (224 px, 49 tokens x 768) -> the linear projection (trains)
@@ -10,7 +10,7 @@ Model (random weights, built here; nothing is downloaded):
   small    a LLaMA of ~110M parameters (hidden 768, 12 layers, MLP 2048, vocab 32000), CPU-friendly
   7b       the LLaMA-7B shape (hidden 4096, 32 layers, MLP 11008, vocab 32000), bf16 weights created
            directly on the GPU; refused without CUDA
-Data: the real OpenI summaries of ../shared/data/openi-sample when present (else synthetic ones),
+Data: the real summaries of --captions (default: ../shared/data/openi-sample's; else synthetic ones),
 one tiny image file each (written to a temporary XrayGPT-layout folder, read by the real dataset,
 sampler and collator at 224 px), instructions from prompts/alignment.txt, and a SentencePiece
 tokenizer (vocab 8000) trained on the summaries here.
@@ -67,16 +67,26 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H20
 MODES = ("padded", "grouped", "images")
 
 
-def captions(limit: int, seed: int) -> list[str]:
-    """The OpenI sample's real summaries, or synthetic ones when that folder is absent."""
-    if SHARED_CAPTIONS.is_file():
-        return [a["caption"] for a in json.loads(SHARED_CAPTIONS.read_text())["annotations"]][:limit]
+def captions(limit: int, seed: int, path: Path = SHARED_CAPTIONS) -> list[str]:
+    """The real summaries of `path` (a filter_cap.json: the OpenI sample's by default), or synthetic ones when it is absent."""
+    if path.is_file():
+        return [a["caption"] for a in json.loads(path.read_text())["annotations"]][:limit]
     import numpy as np
 
     from xraygpt.data.synthetic import FINDINGS, write_summary
 
     rng = np.random.default_rng(seed)
     return [write_summary(frozenset(f for f in FINDINGS if rng.random() < 0.3), rng) for _ in range(limit)]
+
+
+def summary_tokenizer(texts: list[str], folder: Path, real: bool):
+    """A SentencePiece LLaMA tokenizer trained on `texts` in `folder`: 8000 pieces on real summaries,
+    1000 on synthetic ones (their few hundred words cannot fill 8000)."""
+    from xraygpt.embedded import train_tokenizer
+    from xraygpt.models.llm import load_tokenizer
+
+    train_tokenizer(texts, folder, vocab_size=8000 if real else 1000)
+    return load_tokenizer(folder)
 
 
 def write_dataset(folder: Path, texts: list[str]) -> Path:
@@ -171,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                              "other made tiny steps 25x slower, measured)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--captions", type=Path, default=SHARED_CAPTIONS,
+                        help="a filter_cap.json whose summaries are used (default: ../shared's OpenI sample; "
+                             "synthetic summaries when it is absent)")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.size == "7b" and device.type != "cuda":
@@ -180,14 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     batch_size, steps = args.batch_size or DEFAULTS[args.size][0], args.steps or DEFAULTS[args.size][1]
     torch.manual_seed(args.seed)
-    from xraygpt.embedded import train_tokenizer
-    from xraygpt.models.llm import load_tokenizer
-
-    texts = captions(10_000, args.seed)
+    texts = captions(10_000, args.seed, args.captions)
     instructions_file = REPO / "prompts" / "alignment.txt"
     with tempfile.TemporaryDirectory() as tmp:
-        train_tokenizer(texts + load_instructions(instructions_file), Path(tmp) / "tok", vocab_size=8000)
-        tokenizer = load_tokenizer(Path(tmp) / "tok")
+        tokenizer = summary_tokenizer(texts + load_instructions(instructions_file), Path(tmp) / "tok",
+                                      args.captions.is_file())
         images = build_mimic(str(write_dataset(Path(tmp) / "data", texts)), MedCLIPImageEval(224), CaptionProcessor(),
                              prompt_path=str(instructions_file))
         model = build_model(args.size, tokenizer, device)
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads: {torch.get_num_threads()}"
         print(f"train_step --size {args.size}: LLM {sum(p.numel() for p in model.llm.parameters()) / 1e6:.1f}M parameters "
               f"(N = {n_flop / 1e6:.1f}M without the embedding table), Swin-T 224 px, batch {batch_size}, "
-              f"{steps} timed steps per mode (medians), {n} summaries ({'OpenI' if SHARED_CAPTIONS.is_file() else 'synthetic'}), "
+              f"{steps} timed steps per mode (medians), {n} summaries ({args.captions if args.captions.is_file() else 'synthetic'}), "
               f"{where}")
         header = (f"{'mode':<9}{'samples/s':>10}{'tokens/s':>10}{'real frac':>10}{'(timed)':>9}{'step s':>9}"
                   f"{'fwd+bwd/fwd':>12}{'saved MB':>10}")

@@ -134,6 +134,23 @@ def test_a_short_batch_out_of_memory_is_halved_from_its_own_size(model, dataset,
     assert sorted(r["image_id"] for r in rows) == sorted(s["image_id"] for s in samples)
 
 
+def test_one_image_out_of_memory_is_raised_not_halved_to_nothing(model, dataset, monkeypatch):
+    sizes = []
+
+    def last_one_fails(self, pixel_values, *args, **kwargs):
+        sizes.append(len(pixel_values))
+        if len(pixel_values) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return ["x"] * len(pixel_values)
+
+    monkeypatch.setattr(type(model), "generate", last_one_fails)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        generate_fitting(model, load_samples(dataset, [0, 1, 2]), 2, lambda batch, rows: None, max_new_tokens=2)
+    assert sizes == [2, 1]
+    with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
+        generate_fitting(model, load_samples(dataset, [0]), 0, lambda batch, rows: None)
+
+
 @pytest.mark.parametrize("error, tried", [(torch.cuda.OutOfMemoryError("CUDA out of memory."), [4, 2, 1]),
                                            (RuntimeError("shape mismatch"), [4])])
 def test_errors_that_halving_cannot_fix_are_raised(model, dataset, monkeypatch, error, tried):

@@ -138,3 +138,27 @@ def test_torchrun_two_processes_on_cpu_matches_one_process(tiny_assets, tmp_path
     assert_torchrun_matches_one_process(tiny_assets, tmp_path, 29517)
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3
     assert OmegaConf.load(tmp_path / "two" / "config.yaml").run.batch_size_train == 2
+
+
+def test_logging_goes_to_the_stderr_of_the_moment(monkeypatch):
+    """setup_logging twice (as entry points called in one process do) keeps one handler, and each record goes
+    to the stderr current when it is logged, never to an earlier one that has been closed since."""
+    import io
+    import logging
+    import sys
+
+    from xraygpt.training import distributed
+
+    first, second = io.StringIO(), io.StringIO()
+    log = logging.getLogger("xraygpt.tests.logging")
+    monkeypatch.setattr(sys, "stderr", first)
+    distributed.setup_logging(0)
+    log.info("to the first")
+    monkeypatch.setattr(sys, "stderr", second)
+    distributed.setup_logging(0)
+    first_text = first.getvalue()
+    first.close()
+    log.info("to the second")
+    assert "to the first" in first_text and "to the second" not in first_text
+    assert "to the second" in second.getvalue() and "Logging error" not in second.getvalue()
+    assert sum(isinstance(h, distributed.StderrHandler) for h in logging.getLogger().handlers) == 1

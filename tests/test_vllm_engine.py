@@ -25,6 +25,7 @@ from xraygpt.data.datasets import MixedDataset, build_openi
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
 from xraygpt.evaluation.evaluator import ReportEvaluator
 from xraygpt.evaluation.generate import load_samples
+from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,8 +119,6 @@ def test_vllm_backend_gives_the_transformers_summaries(model, dataset, tiny_asse
 
 
 def test_sampling_settings_reach_vllm(model, dataset, stand_in_vllm):
-    from xraygpt.evaluation.vllm_engine import VLLMEngine
-
     samples = load_samples(dataset, [0, 1])
     torch.manual_seed(0)
     answers = VLLMEngine(model, 0.5, 7)(model, samples, max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9)
@@ -129,8 +128,6 @@ def test_sampling_settings_reach_vllm(model, dataset, stand_in_vllm):
 
 
 def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, dataset, stand_in_vllm):
-    from xraygpt.evaluation.vllm_engine import VLLMEngine
-
     samples = load_samples(dataset, list(range(len(dataset))))
     VLLMEngine(model, 0.5, 0)(model, samples, max_new_tokens=2)
     lengths = [len(model.prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
@@ -150,6 +147,8 @@ def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model
     ({"vllm_gpu_memory_utilization": 0.0}, "evaluation.vllm_gpu_memory_utilization must be in (0, 1]"),
     ({"no_gpu": True}, "needs a CUDA GPU and torch sees none"),
     ({"quantized": True}, "set model.llm.quantization none"),
+    ({"trained_llm": True}, "without LLM weights trained into model.ckpt"),
+    ({"no_folder": True}, "needs the LLM loaded from a folder"),
 ])
 def test_what_vllm_cannot_take_is_refused_before_generating(model, tmp_path, stand_in_vllm, monkeypatch,
                                                             settings, needle):
@@ -157,9 +156,34 @@ def test_what_vllm_cannot_take_is_refused_before_generating(model, tmp_path, sta
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     if settings.pop("quantized", False):
         monkeypatch.setattr(model.llm, "hf_quantizer", object(), raising=False)
-    with pytest.raises(ValueError, match=re.escape(needle)):
+    if settings.pop("trained_llm", False):
+        monkeypatch.setattr(model, "frozen_modules", ("encoder",))
+    if settings.pop("no_folder", False):
+        monkeypatch.setattr(model.llm, "name_or_path", "")
+    with pytest.raises(VLLMRefused, match=re.escape(needle)):
         ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", **settings)
     assert not StandInLLM.built and not (tmp_path / "out").exists()
+
+
+def test_the_engine_itself_refuses_beam_search(model, dataset, stand_in_vllm):
+    engine = VLLMEngine(model, 0.5, 0)
+    with pytest.raises(VLLMRefused, match="not beam search"):
+        engine(model, load_samples(dataset, [0]), max_new_tokens=2, num_beams=3)
+    assert not StandInLLM.prompts
+
+
+def test_only_what_makes_the_prompts_goes_to_the_device(model, dataset, tmp_path, stand_in_vllm, monkeypatch):
+    moved = []
+    real_to = torch.nn.Module.to
+
+    def recording_to(self, *args, **kwargs):
+        moved.append(self)
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+    _predict(model, dataset, tmp_path / "vllm", batch_size=8, backend="vllm")
+    assert moved[:3] == [model.encoder, model.projector, model.llm.get_input_embeddings()]
+    assert model not in moved and model.llm not in moved  # vLLM runs the LLM: its body is never placed here
 
 
 def test_vllm_backend_refuses_several_processes(model, dataset, tmp_path, stand_in_vllm, monkeypatch):

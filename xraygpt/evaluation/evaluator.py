@@ -77,7 +77,8 @@ class ReportEvaluator:
             through a vLLM engine over the same LLM folder, when vLLM is installed; one process
             on a CUDA GPU, no beam search or repetition penalty, `batch_size` prompts per vLLM
             call; see xraygpt.evaluation.vllm_engine).
-        vllm_gpu_memory_utilization: the share of GPU memory the vLLM engine may take.
+        vllm_gpu_memory_utilization: the share of GPU memory the vLLM engine may take (the
+            encoder, projection and embedding table beside it need little of the rest).
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class ReportEvaluator:
         chexbert_model: Optional[str] = None,
         radgraph_model: Optional[str] = None,
         backend: str = "transformers",
-        vllm_gpu_memory_utilization: float = 0.5,
+        vllm_gpu_memory_utilization: float = 0.8,
     ):
         if batch_size < 1:
             raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
@@ -168,6 +169,10 @@ class ReportEvaluator:
 
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
+
+        With backend vllm only the encoder, projection and LLM embedding table are moved to the
+        device and the rest of the LLM stays where it was: the model is left split, for this
+        run only (use a freshly built model for anything else).
 
         Args:
             dataset: the split (a MixedDataset of CaptionDatasets, read with eval processors).

@@ -97,6 +97,8 @@ def generate_fitting(model: XrayGPT, samples: list[dict], batch_size: int,
     batch.  Returns the batch size in use at the end, which the next call should start from.
     `engine` and `gen_kwargs` go to `generate_rows`.
     """
+    if batch_size < 1:
+        raise ValueError(f"the generation batch size must be >= 1, got {batch_size}")
     ordered = by_prompt_length(model.prompt_tokenizer, samples)
     start = 0
     while start < len(ordered):

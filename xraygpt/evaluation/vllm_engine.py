@@ -37,31 +37,38 @@ logger = logging.getLogger(__name__)
 VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+class VLLMRefused(ValueError):
+    """What this backend cannot run, said in one line before anything is generated or written."""
+
+
 def check_supported(model: XrayGPT, gpu_memory_utilization: float) -> None:
-    """Raise a one-line error unless vLLM is importable (not importing it), torch sees a CUDA GPU,
-    and the model and memory share are ones this path takes."""
+    """Raise a one-line VLLMRefused unless vLLM is importable (not importing it), torch sees a CUDA GPU,
+    and the model (frozen, unquantized LLM loaded from a folder) and memory share are ones this path takes."""
     if not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"evaluation.vllm_gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        raise VLLMRefused(f"evaluation.vllm_gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     if importlib.util.find_spec("vllm") is None:
-        raise ImportError("evaluation.backend vllm needs vLLM, which is not installed (pip install vllm, on a "
+        raise VLLMRefused("evaluation.backend vllm needs vLLM, which is not installed (pip install vllm, on a "
                           "machine with a CUDA build of torch); use evaluation.backend transformers")
     if not torch.cuda.is_available():
-        raise ValueError("evaluation.backend vllm needs a CUDA GPU and torch sees none; use evaluation.backend "
+        raise VLLMRefused("evaluation.backend vllm needs a CUDA GPU and torch sees none; use evaluation.backend "
                          "transformers")
     if is_quantized(model.llm):
-        raise ValueError("evaluation.backend vllm loads the LLM folder itself, unquantized: set "
-                         "model.llm.quantization none")
+        raise VLLMRefused("evaluation.backend vllm loads the LLM folder itself, unquantized: set "
+                          "model.llm.quantization none")
+    if "llm" not in model.frozen_modules:
+        raise VLLMRefused("evaluation.backend vllm loads the LLM folder itself, without LLM weights trained into "
+                          "model.ckpt (model.freeze_llm false): use evaluation.backend transformers")
     if not model.llm.name_or_path:
-        raise ValueError("evaluation.backend vllm needs the LLM loaded from a folder (model.llm.path)")
+        raise VLLMRefused("evaluation.backend vllm needs the LLM loaded from a folder (model.llm.path)")
 
 
 def check_decoding(num_beams: int, repetition_penalty: float) -> None:
-    """Raise a one-line ValueError for decoding settings this path does not do as `XrayGPT.generate` does."""
+    """Raise a one-line VLLMRefused for decoding settings this path does not do as `XrayGPT.generate` does."""
     if num_beams != 1:
-        raise ValueError(f"evaluation.backend vllm does greedy decoding and sampling, not beam search (num_beams "
+        raise VLLMRefused(f"evaluation.backend vllm does greedy decoding and sampling, not beam search (num_beams "
                          f"{num_beams}); use evaluation.backend transformers")
     if repetition_penalty != 1:
-        raise ValueError(f"evaluation.backend vllm takes no repetition_penalty ({repetition_penalty}): vLLM would "
+        raise VLLMRefused(f"evaluation.backend vllm takes no repetition_penalty ({repetition_penalty}): vLLM would "
                          "apply it to prompt ids that an embeddings prompt does not have; use evaluation.backend "
                          "transformers")
 
@@ -73,9 +80,9 @@ class VLLMEngine:
         model: the XrayGPT model; its LLM's folder (`model.llm.name_or_path`) and dtype are
             loaded by vLLM, its encoder, projection and embedding table make the prompts.
         gpu_memory_utilization: share of the GPU's memory vLLM may take (weights + KV cache);
-            the encoder, projection and embedding table in this process need a little of the rest.
+            the encoder, projection and embedding table in this process need little of the rest.
         seed: vLLM's sampling seed.
-    Raises a one-line error where `check_supported` does (vLLM missing, no GPU, a quantized LLM).
+    Raises VLLMRefused where `check_supported` does (vLLM missing, no GPU, a trained or quantized LLM).
     """
 
     def __init__(self, model: XrayGPT, gpu_memory_utilization: float, seed: int):

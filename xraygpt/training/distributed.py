@@ -50,14 +50,24 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
+class StderrHandler(logging.StreamHandler):
+    """A StreamHandler writing to whatever `sys.stderr` is when a record is emitted, so a swapped
+    stderr (pytest's capture, a notebook) gets the log instead of a stream closed since."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)  # StreamHandler's would bind one stream
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def setup_logging(rank: int, level: int = logging.INFO) -> None:
-    """Log at `level` on rank 0 and only warnings elsewhere, with one concise format."""
+    """Log at `level` on rank 0 and only warnings elsewhere, with one concise format, to the current stderr."""
     root = logging.getLogger()
     root.setLevel(level if rank == 0 else logging.WARNING)
-    ours = [h for h in root.handlers if getattr(h, "_xraygpt", False)]
-    handler = ours[0] if ours else logging.StreamHandler()
-    handler.stream = sys.stderr  # a second call (tests, notebooks) logs to the stderr of now, not a closed one
-    handler._xraygpt = True  # type: ignore[attr-defined]
+    ours = [h for h in root.handlers if isinstance(h, StderrHandler)]
+    handler = ours[0] if ours else StderrHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     if not ours:
         root.addHandler(handler)
