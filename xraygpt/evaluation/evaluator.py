@@ -7,11 +7,11 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
 2. skips the ids that already have a prediction in `output_dir` (resume), splits the rest
    round-robin across ranks, and generates them in batches (left padding, KV cache, greedy by
    default) with a tqdm bar in images/s on rank 0; each rank appends its rows to its part file
-   after every batch.  Images are read `batch_size` x WINDOW_BATCHES at a time, sorted by prompt
-   length within that window, and a batch that runs out of memory is retried at half the size
-   (`generate_fitting`; metrics.json records the size rank 0 ended on, null if it generated
-   nothing).  An image that does not
-   decode is skipped and counted (the dataset would otherwise substitute the next sample);
+   after every batch.  Images are read `batch_size` x WINDOW_BATCHES at a time (`sample_windows`),
+   sorted by prompt length within that window, and a batch that runs out of memory is retried at
+   half the size (`generate_fitting`; metrics.json records the size rank 0 ended on, null if it
+   generated nothing).  An image that does not decode is skipped and counted (the dataset would
+   otherwise substitute the next sample);
 3. on rank 0, after every rank finished: merges the parts into predictions.jsonl, writes
    predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins`), and
    returns the metrics table; other ranks return None.
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
-from xraygpt.evaluation.generate import IMAGE_MODES, WINDOW_BATCHES, blank_image, generate_fitting, load_samples
+from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_fitting, sample_windows
 from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
@@ -151,21 +151,17 @@ class ReportEvaluator:
             store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row} for row in rows])
             bar.update(len(rows))
 
-        batch_size, final = self.batch_size, None
-        start = 0
-        while start < len(keys):
-            window = keys[start:start + batch_size * WINDOW_BATCHES]
-            start += len(window)
-            samples = load_samples(dataset, window, self.image_mode, blank)
+        batch_size = self.batch_size
+        for window, samples in sample_windows(dataset, keys, self.batch_size, self.image_mode, blank):
             good = [s for k, s in zip(window, samples) if s["image_id"] == ids[k]]
             skipped = [{"image_id": ids[k], "skipped": "image does not decode"}
                        for k, s in zip(window, samples) if s["image_id"] != ids[k]]
             if skipped:
                 store.append(skipped)
                 bar.update(len(skipped))
-            batch_size = final = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
+            batch_size = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
         bar.close()
-        return final
+        return batch_size if keys else None
 
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.

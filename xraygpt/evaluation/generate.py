@@ -17,7 +17,7 @@ the smaller size from then on.  The report evaluator streams windows of samples 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import torch
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
@@ -79,9 +79,22 @@ def generate_rows(model: XrayGPT, samples: list[dict], engine: Optional[VLLMEngi
 
 
 def by_prompt_length(prompt_tokenizer: PromptTokenizer, samples: list[dict]) -> list[dict]:
-    """`samples` sorted by prompt token length, longest first (ties keep their order)."""
-    lengths = [len(prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
-    return [samples[i] for i in sorted(range(len(samples)), key=lambda i: -lengths[i])]
+    """`samples` sorted by prompt token length, longest first (ties keep their order).
+
+    A prompt's length depends only on its instruction, so each distinct instruction is tokenized once.
+    """
+    lengths = {ins: len(prompt_tokenizer.encode_prompt(ins)) for ins in {s["instruction"] for s in samples}}
+    return sorted(samples, key=lambda s: -lengths[s["instruction"]])
+
+
+def sample_windows(dataset, keys: list[int], batch_size: int, image_mode: str = "image",
+                   blank: torch.Tensor | None = None) -> Iterator[tuple[list[int], list[dict]]]:
+    """(window keys, their samples from `load_samples`), `batch_size` x WINDOW_BATCHES keys at a time:
+    the span within which `generate_fitting` sorts by prompt length."""
+    window = batch_size * WINDOW_BATCHES
+    for start in range(0, len(keys), window):
+        chunk = keys[start:start + window]
+        yield chunk, load_samples(dataset, chunk, image_mode, blank)
 
 
 @torch.no_grad()
@@ -128,7 +141,7 @@ def generate_for_dataset(model, dataset, batch_size: int = 32, image_mode: str =
     Returns rows {image_id, image_source, instruction, prediction, reference} in key order.
     `vis_processor` (and hence `image_size`) is needed for ``blank``.  Instructions are the
     dataset's per-key choices, so the three modes see the same prompts.  Samples are read
-    `batch_size` x WINDOW_BATCHES at a time and generated through `generate_fitting`.
+    through `sample_windows` and generated through `generate_fitting`.
     """
     blank = blank_image(vis_processor, image_size) if image_mode == "blank" else None
     was_training = model.training
@@ -140,10 +153,7 @@ def generate_for_dataset(model, dataset, batch_size: int = 32, image_mode: str =
         rows.update((s["key"], r) for s, r in zip(batch, batch_rows))
         bar.update(len(batch_rows))
 
-    window = batch_size * WINDOW_BATCHES
-    for start in range(0, len(dataset), window):
-        keys = list(range(start, min(start + window, len(dataset))))
-        samples = load_samples(dataset, keys, image_mode, blank)
+    for keys, samples in sample_windows(dataset, list(range(len(dataset))), batch_size, image_mode, blank):
         for key, sample in zip(keys, samples):
             sample["key"] = key
         batch_size = generate_fitting(model, samples, batch_size, emit, **gen_kwargs)
