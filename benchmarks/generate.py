@@ -127,15 +127,16 @@ def config_samples(cfg, images: int) -> tuple:
     return model, load_samples(dataset, list(range(min(images, len(dataset)))))
 
 
-def llama_7b_samples(folder: Path, images: int, summaries: Path) -> tuple:
+def llama_7b_samples(folder: Path, images: int, summaries: Path | None) -> tuple:
     """(model, samples, description): train_step.py's random 7B-shape model on the GPU, synthetic 224-px images,
     a tokenizer trained on the summaries of `summaries` (a filter_cap.json; synthetic ones when it is absent)."""
-    from train_step import build_model, captions, summary_tokenizer
+    from train_step import SHARED_CAPTIONS, build_model, captions, summary_tokenizer
 
     from xraygpt.data.datasets import MixedDataset, build_openi
     from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
 
     prompts = REPO / "prompts" / "alignment.txt"
+    summaries = summaries or SHARED_CAPTIONS
     tokenizer = summary_tokenizer(captions(10_000, 0, summaries) + load_instructions(prompts), folder / "tok",
                                   summaries.is_file())
     generate_dataset(folder / "data", num_train=0, num_val=0, num_test=images, seed=0, image_size=224)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vllm", action="store_true", help="add a row through vLLM's prompt_embeds input")
-    parser.add_argument("--captions", type=Path, default=REPO.parent / "shared" / "data" / "openi-sample" / "filter_cap.json",
+    parser.add_argument("--captions", type=Path, default=None,
                         help="7b: a filter_cap.json whose summaries train the tokenizer (default: ../shared's OpenI "
                              "sample; synthetic summaries when it is absent)")
     args = parser.parse_args(argv)

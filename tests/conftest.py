@@ -143,3 +143,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def val_dataset(tiny_assets):
+    """The tiny assets' 8-image validation split as evaluation reads it (112 px, instructions by key)."""
+    from xraygpt.data.datasets import MixedDataset, build_openi
+    from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
+
+    return MixedDataset([build_openi(str(tiny_assets["val"]), MedCLIPImageEval(112), CaptionProcessor(),
+                                     prompt_path=str(tiny_assets["prompts"]))], seed=0)
+
+
+def evaluate_split(model, dataset, out: Path, **settings) -> tuple[list[dict], dict]:
+    """ReportEvaluator over `dataset` on the CPU (16 new tokens, no bootstrap): (predictions.jsonl rows,
+    metrics.json's `generation`)."""
+    from xraygpt.evaluation.evaluator import ReportEvaluator
+
+    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False,
+                                device="cpu", **settings)
+    assert evaluator.run(dataset) is not None
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return rows, json.loads((out / "metrics.json").read_text())["generation"]

@@ -11,7 +11,6 @@ the transformers backend); they cannot show that vLLM itself accepts it.
 """
 
 import importlib.machinery
-import json
 import re
 import sys
 import types
@@ -20,9 +19,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import evaluate_split
 from xraygpt.data.collate import GenerationCollator
-from xraygpt.data.datasets import MixedDataset, build_openi
-from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
 from xraygpt.evaluation.evaluator import ReportEvaluator
 from xraygpt.evaluation.generate import load_samples
 from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused
@@ -85,23 +83,9 @@ def model(tiny_model_factory):
     return m.eval()
 
 
-@pytest.fixture(scope="module")
-def dataset(tiny_assets):
-    return MixedDataset([build_openi(str(tiny_assets["val"]), MedCLIPImageEval(112), CaptionProcessor(),
-                                     prompt_path=str(tiny_assets["prompts"]))], seed=0)
-
-
-def _predict(model, dataset, out, **settings):
-    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False,
-                                device="cpu", **settings)
-    assert evaluator.run(dataset) is not None
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "metrics.json").read_text())["generation"]
-
-
-def test_vllm_backend_gives_the_transformers_summaries(model, dataset, tiny_assets, tmp_path, stand_in_vllm):
-    reference, _ = _predict(model, dataset, tmp_path / "hf", batch_size=4)
-    rows, generation = _predict(model, dataset, tmp_path / "vllm", batch_size=4, backend="vllm",
+def test_vllm_backend_gives_the_transformers_summaries(model, val_dataset, tiny_assets, tmp_path, stand_in_vllm):
+    reference, _ = evaluate_split(model, val_dataset, tmp_path / "hf", batch_size=4)
+    rows, generation = evaluate_split(model, val_dataset, tmp_path / "vllm", batch_size=4, backend="vllm",
                                 vllm_gpu_memory_utilization=0.3)
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in reference]
     assert any(r["prediction"] for r in rows)
@@ -114,12 +98,12 @@ def test_vllm_backend_gives_the_transformers_summaries(model, dataset, tiny_asse
     assert len(StandInLLM.params) == 2 and len(StandInLLM.prompts) == 8  # batch_size (4) prompts per vLLM call
     # a second run finds every image predicted: no engine is built
     StandInLLM.built.clear()
-    _, generation = _predict(model, dataset, tmp_path / "vllm", batch_size=4, backend="vllm")
+    _, generation = evaluate_split(model, val_dataset, tmp_path / "vllm", batch_size=4, backend="vllm")
     assert not StandInLLM.built and generation["final_batch_size"] is None
 
 
-def test_sampling_settings_reach_vllm(model, dataset, stand_in_vllm):
-    samples = load_samples(dataset, [0, 1])
+def test_sampling_settings_reach_vllm(model, val_dataset, stand_in_vllm):
+    samples = load_samples(val_dataset, [0, 1])
     torch.manual_seed(0)
     answers = VLLMEngine(model, 0.5, 7)(model, samples, max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9)
     assert len(answers) == 2 and StandInLLM.built[0]["seed"] == 7
@@ -127,8 +111,8 @@ def test_sampling_settings_reach_vllm(model, dataset, stand_in_vllm):
     assert (params.max_tokens, params.temperature, params.top_p) == (3, 0.7, 0.9)
 
 
-def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, dataset, stand_in_vllm):
-    samples = load_samples(dataset, list(range(len(dataset))))
+def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, val_dataset, stand_in_vllm):
+    samples = load_samples(val_dataset, list(range(len(val_dataset))))
     VLLMEngine(model, 0.5, 0)(model, samples, max_new_tokens=2)
     lengths = [len(model.prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
     assert len(set(lengths)) > 1  # the batch was left-padded
@@ -165,14 +149,14 @@ def test_what_vllm_cannot_take_is_refused_before_generating(model, tmp_path, sta
     assert not StandInLLM.built and not (tmp_path / "out").exists()
 
 
-def test_the_engine_itself_refuses_beam_search(model, dataset, stand_in_vllm):
+def test_the_engine_itself_refuses_beam_search(model, val_dataset, stand_in_vllm):
     engine = VLLMEngine(model, 0.5, 0)
     with pytest.raises(VLLMRefused, match="not beam search"):
-        engine(model, load_samples(dataset, [0]), max_new_tokens=2, num_beams=3)
+        engine(model, load_samples(val_dataset, [0]), max_new_tokens=2, num_beams=3)
     assert not StandInLLM.prompts
 
 
-def test_only_what_makes_the_prompts_goes_to_the_device(model, dataset, tmp_path, stand_in_vllm, monkeypatch):
+def test_only_what_makes_the_prompts_goes_to_the_device(model, val_dataset, tmp_path, stand_in_vllm, monkeypatch):
     moved = []
     real_to = torch.nn.Module.to
 
@@ -181,17 +165,17 @@ def test_only_what_makes_the_prompts_goes_to_the_device(model, dataset, tmp_path
         return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", recording_to)
-    _predict(model, dataset, tmp_path / "vllm", batch_size=8, backend="vllm")
+    evaluate_split(model, val_dataset, tmp_path / "vllm", batch_size=8, backend="vllm")
     assert moved[:3] == [model.encoder, model.projector, model.llm.get_input_embeddings()]
     assert model not in moved and model.llm not in moved  # vLLM runs the LLM: its body is never placed here
 
 
-def test_vllm_backend_refuses_several_processes(model, dataset, tmp_path, stand_in_vllm, monkeypatch):
+def test_vllm_backend_refuses_several_processes(model, val_dataset, tmp_path, stand_in_vllm, monkeypatch):
     from xraygpt.evaluation import evaluator as evaluator_module
 
     two_ranks = types.SimpleNamespace(rank=0, world_size=2, is_main=True, device=torch.device("cpu"))
     monkeypatch.setattr(evaluator_module.distributed, "init_distributed", lambda device, backend: two_ranks)
     evaluator = ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", progress=False)
     with pytest.raises(ValueError, match="evaluation.backend vllm runs in one process"):
-        evaluator.run(dataset)
+        evaluator.run(val_dataset)
     assert not StandInLLM.built and not (tmp_path / "out").exists()
