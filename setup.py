@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["xraygpt", "xraygpt.*"]),
-    package_data={"xraygpt.models": ["configs/*.json"],
+    package_data={"xraygpt.models": ["configs/*.json"], "xraygpt.data.prepare": ["rules/*.tsv"],
                   "xraygpt.evaluation": ["phrases/*.txt", "phrases/mention/*.txt"]},
     install_requires=[
         "torch>=2.4",

@@ -102,7 +102,8 @@ def test_mimic_preparation_filters_splits_and_reports_every_drop(tmp_path):
     assert train["d1a"]["report_id"] == "s50000001"
     assert val["d2"]["caption"] == FINDINGS  # merged section counted once
     assert test["d3"]["caption"] == f"{FINDINGS} Normal chest radiograph."
-    assert train["d14"]["caption"] == f"{FINDINGS} No acute process."  # comparison sentences gone
+    # the comparison is rewritten out and the finding kept; a sentence that is only a comparison goes
+    assert train["d14"]["caption"] == f"The effusion. {FINDINGS} No acute process."
     # images are links to the sources; raw sections kept for re-summarising
     link = out / "train" / "image" / "d1a.jpg"
     assert link.is_symlink() and link.resolve() == (jpg / "files/p10/p10000001/s50000001/d1a.jpg").resolve()
@@ -128,7 +129,12 @@ def test_mimic_preparation_filters_splits_and_reports_every_drop(tmp_path):
     assert stats["totals"]["image"] == {"in": 16, "out": 5, "dropped": 11}
     assert stats["outputs"] == {"train": {"reports": 2, "images": 3}, "val": {"reports": 1, "images": 1},
                                 "test": {"reports": 1, "images": 1}}
-    assert stats["removed_sentences"] == {"repeated sentence": 2, "de-identification blank": 1, "comparison with prior": 1}
+    assert stats["removed_sentences"] == {"repeated sentence": 2, "comparison only": 1}
+    assert stats["rewrite_rules"]["comparison: phrase"] == 1 and stats["guard"] == {}
+    assert stats["fidelity"]["positives_kept"] == 1.0 and stats["fidelity"]["summaries_with_comparison"] == 0
+    edits = raw["edits"]
+    assert edits[0]["before"] == "Compared to ___, the effusion is unchanged." and edits[0]["after"] == "The effusion."
+    assert {"before": "Stable.", "after": "", "reason": "comparison only"}.items() <= edits[-1].items()
     assert json.loads((out / "stats.json").read_text()) == stats
 
 

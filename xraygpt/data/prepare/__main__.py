@@ -1,18 +1,22 @@
-"""Command line: `python -m xraygpt.data.prepare {mimic,openi,shards} ...`.
+"""Command line: `python -m xraygpt.data.prepare {mimic,openi,shards,fidelity} ...`.
 
-Each run writes <out>/stats.json and prints a short summary; bad input (a missing folder or
-CSV column, a non-empty --out) exits with code 2 and one line `error: ...`.
+Each preparing run writes <out>/stats.json and prints a short summary (mimic and openi: with the
+fidelity table of the summaries); `fidelity DIR` prints the table of a prepared folder.  Bad
+input (a missing folder or CSV column, a non-empty --out) exits with code 2 and one line
+`error: ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 import xraygpt.data.prepare as package
 from xraygpt.data.formats import DatasetError
+from xraygpt.data.prepare.fidelity import FidelityError, fidelity_table, read_prepared, table_lines
 from xraygpt.data.prepare.mimic import prepare_mimic
 from xraygpt.data.prepare.openi import prepare_openi
 from xraygpt.data.prepare.pipeline import IMAGE_MODES, PrepareError
@@ -55,12 +59,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shards.add_argument("--maxcount", type=int, default=1000, help="samples per shard")
     shards.add_argument("--maxsize-mb", type=int, default=1000, help="MB per shard at most")
     shards.add_argument("--no-verify-images", action="store_true", help="skip the header check of every image")
+
+    fidelity = sub.add_parser("fidelity", help="the fidelity table of a prepared folder's summaries")
+    fidelity.add_argument("dir", help="a folder written by `prepare mimic` or `prepare openi`")
+    fidelity.add_argument("--json", default=None, help="also write the table to this JSON file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "fidelity":
+        return fidelity_main(Path(args.dir), args.json)
     out = Path(args.out)
     try:
         if args.command == "mimic":
@@ -76,7 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(stats)))
+    if "fidelity" in stats:
+        print("\n".join(table_lines(stats["fidelity"])))
     print(f"report: {out / 'stats.json'}")
+    return 0
+
+
+def fidelity_main(folder: Path, json_path: str | None) -> int:
+    """`fidelity DIR`: print (and optionally write) the fidelity table of a prepared folder."""
+    try:
+        table = fidelity_table(*read_prepared(folder))
+        if json_path:
+            Path(json_path).write_text(json.dumps(table, indent=1))
+    except (FidelityError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(table_lines(table)))
     return 0
 
 

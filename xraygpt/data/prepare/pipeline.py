@@ -1,7 +1,7 @@
 """Steps shared by the MIMIC-CXR and OpenI preparations, and the output they write.
 
-Reports (with their images) go through: read -> the paper's filters -> summary cleaning
-(`xraygpt.data.prepare.cleaning`).  Images then go through: report kept -> (source-specific
+Reports (with their images) go through: read -> the paper's filters -> the rule summary
+(`xraygpt.data.prepare.cleaning`) -> the labeler guard (`xraygpt.data.prepare.guard`).  Images then go through: report kept -> (source-specific
 steps) -> image file exists -> image header readable; reports left without an image are
 dropped last.  Every step is recorded in a `PrepareStats`.
 
@@ -10,7 +10,10 @@ Output, one folder per split (train, val, test) in XrayGPT's layout plus the raw
     <out>/<split>/filter_cap.json   {"annotations": [{"image_id", "caption", "report_id"}, ...]}
     <out>/<split>/image/<image_id>.<ext>   a symbolic link to the source image, or a copy
     <out>/<split>/reports.json      {report_id: {"sections": {name: raw text}, "summary": ...,
-                                                 "image_ids": [...]}}  (re-summarise with any LLM)
+                                                 "image_ids": [...], "edits": [...]}}
+                                    (re-summarise with any LLM); each edit is one source sentence
+                                    the summary changed: {"rules": [...], "before": ..., "after":
+                                    the summary's sentence, "" when removed, "reason": why removed}
     <out>/stats.json                see `xraygpt.data.prepare.stats`
 """
 
@@ -24,7 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from xraygpt.data.formats import readable_header
-from xraygpt.data.prepare.cleaning import clean_summary, filter_reason
+from xraygpt.data.prepare.cleaning import Cleaned, clean_summary, filter_reason
+from xraygpt.data.prepare.fidelity import fidelity_table, source_text
+from xraygpt.data.prepare.guard import guard_summary
 from xraygpt.data.prepare.splits import SPLITS
 from xraygpt.data.prepare.stats import PrepareStats
 
@@ -54,6 +59,7 @@ class Report:
     images: list[ImageRef]
     error: str | None = None
     summary: str = ""
+    edits: list[dict] = dataclasses.field(default_factory=list)
 
 
 def check_output_dir(out: Path) -> None:
@@ -62,14 +68,23 @@ def check_output_dir(out: Path) -> None:
         raise PrepareError(f"output folder {out} is not empty; choose a new --out")
 
 
+def edits_of(cleaned: Cleaned) -> list[dict]:
+    """The sentences a summary changed or removed, as recorded in reports.json."""
+    return [{"rules": o.rules, "before": o.source, "after": o.text, **({"reason": o.removed} if o.removed else {})}
+            for o in cleaned.sentences if o.rules or o.removed]
+
+
 def summarise(reports: list[Report], stats: PrepareStats) -> list[Report]:
-    """The reports that are readable, pass the paper's filters and keep a non-empty cleaned summary."""
+    """The reports that are readable, pass the paper's filters and keep a non-empty guarded summary."""
     reports = stats.step("report readable", "report", reports, lambda r: r.error, lambda r: r.report_id)
     reports = stats.step("paper filters", "report", reports, lambda r: filter_reason(r.sections), lambda r: r.report_id)
     for report in reports:
-        cleaned = clean_summary(report.sections["findings"], report.sections["impression"])
-        report.summary = cleaned.summary
-        stats.removed_sentences.update(rule for rule, _ in cleaned.removed)
+        findings, impression = report.sections["findings"], report.sections["impression"]
+        cleaned = clean_summary(findings, impression)
+        stats.guard_events.update(guard_summary(findings, impression, cleaned))
+        report.summary, report.edits = cleaned.summary, edits_of(cleaned)
+        stats.removed_sentences.update(reason for reason, _ in cleaned.removed)
+        stats.rewrite_rules.update(rule for outcome in cleaned.rewritten for rule in outcome.rules)
     return stats.step("summary cleaning", "report", reports,
                       lambda r: None if r.summary else "empty summary after cleaning", lambda r: r.report_id)
 
@@ -121,7 +136,7 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
                 continue
             image_dir.mkdir(parents=True, exist_ok=True)
             split_reports[report.report_id] = {"sections": report.sections, "summary": report.summary,
-                                               "image_ids": [im.image_id for im in images]}
+                                               "image_ids": [im.image_id for im in images], "edits": report.edits}
             for image in images:
                 annotations.append({"image_id": image.image_id, "caption": report.summary, "report_id": report.report_id})
                 target = image_dir / f"{image.image_id}{image.path.suffix.lower()}"
@@ -133,4 +148,5 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
             (out / split / "filter_cap.json").write_text(json.dumps({"annotations": annotations}, indent=1, ensure_ascii=False))
             (out / split / "reports.json").write_text(json.dumps(split_reports, indent=1, ensure_ascii=False))
             stats.outputs[split] = {"reports": len(split_reports), "images": len(annotations)}
+    stats.fidelity = fidelity_table([source_text(r.sections) for r in reports], [r.summary for r in reports])
     return stats.write(out / "stats.json")

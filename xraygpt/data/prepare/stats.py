@@ -4,7 +4,10 @@
      "steps": [{"step": "parse XML", "unit": "report", "in": 120, "out": 118}, ...],
      "totals": {"report": {"in": 120, "out": 97, "dropped": 23}, "image": {...}},
      "dropped_by_reason": {"report": {"no findings": 9, ...}, "image": {...}},
-     "removed_sentences": {"comparison with prior": 41, ...},
+     "removed_sentences": {"comparison only": 41, ...},        source sentences removed, per reason
+     "rewrite_rules": {"comparison: change word": 230, ...},    rules that changed a kept sentence
+     "guard": {"Pleural Effusion": {"lost": 2, "restored": 2, "gained": 0, "removed": 0}, ...},
+     "fidelity": {...},                                         `xraygpt.data.prepare.fidelity`
      "outputs": {"train": {"reports": 68, "images": 131}, ...},
      "dropped": [{"unit": "report", "id": "1384", "reason": "findings shorter than 10 words"}, ...]}
 
@@ -22,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
+GUARD_EVENTS = ("lost", "restored", "gained", "removed")
+
 T = TypeVar("T")
 
 
@@ -34,6 +39,9 @@ class PrepareStats:
         self.steps: list[dict] = []
         self.dropped: list[dict] = []
         self.removed_sentences: Counter[str] = Counter()
+        self.rewrite_rules: Counter[str] = Counter()
+        self.guard_events: Counter[tuple[str, str]] = Counter()
+        self.fidelity: dict | None = None
         self.outputs: dict[str, dict[str, int]] = {}
         self._first_in: dict[str, int] = {}
         self._last_out: dict[str, int] = {}
@@ -73,9 +81,18 @@ class PrepareStats:
         return {
             "command": self.command, "inputs": self.inputs, "steps": self.steps, "totals": totals,
             "dropped_by_reason": {unit: dict(counts.most_common()) for unit, counts in by_reason.items()},
-            "removed_sentences": dict(self.removed_sentences.most_common()), "outputs": self.outputs,
-            "dropped": self.dropped,
+            "removed_sentences": dict(self.removed_sentences.most_common()),
+            "rewrite_rules": dict(self.rewrite_rules.most_common()),
+            "guard": self.guard_table(), **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
+            "outputs": self.outputs, "dropped": self.dropped,
         }
+
+    def guard_table(self) -> dict[str, dict[str, int]]:
+        """{observation: {event: count}} of the guard's events (observations with any event)."""
+        table: dict[str, dict[str, int]] = {}
+        for (observation, event), n in sorted(self.guard_events.items()):
+            table.setdefault(observation, dict.fromkeys(GUARD_EVENTS, 0))[event] = n
+        return table
 
     def write(self, path: Path) -> dict:
         """Write stats.json to `path`; returns its content."""
