@@ -219,3 +219,74 @@ def test_openi_release_figures(tmp_path, capsys):
         assert len(ours & theirs) >= 0.99 * len(ours)
         in_range = {i for i in theirs if int(i.split("_")[0]) < 2000}
         assert len(ours & in_range) >= 0.99 * len(in_range)
+
+
+@pytest.mark.parametrize("answer,reason", [
+    ("Mild cardiomegaly. Small left pleural effusion. No pneumothorax.", None),
+    ("Mild cardiomegaly. No pneumothorax.", "lost Pleural Effusion"),
+    ("Mild cardiomegaly. Small left pleural effusion. Possible pneumothorax.", "gained Pneumothorax"),
+    ("Mild cardiomegaly, stable. Small left pleural effusion.", "comparison wording in answer"),
+    ("Mild cardiomegaly. Small left pleural effusion, seen by Dr. ___.", "blank in answer"),
+    ("   ", "empty answer"),
+    ("Mild cardiomegaly. Small left pleural effusion. Patient should rest and drink tea daily.",
+     "words not from the report"),
+])
+def test_llm_answer_rejection(answer, reason):
+    from xraygpt.data.prepare.llm_summary import rejection
+
+    source = "Mild cardiomegaly is stable. There is a new small left pleural effusion. No pneumothorax."
+    assert rejection(source, answer) == reason
+
+
+def test_llm_answers_replace_rule_summaries_only_when_they_pass():
+    from collections import Counter
+
+    from xraygpt.data.prepare.llm_summary import apply_llm_summaries
+    from xraygpt.data.prepare.pipeline import Report
+    from xraygpt.data.prepare.stats import PrepareStats
+
+    class Answers:
+        counts = Counter({"generated": 2})
+
+        def summaries(self, triples):
+            assert [t[0] for t in triples] == ["a", "b"]
+            return ["Mild cardiomegaly. No effusion.", "No effusion."]
+
+    reports = [Report(rid, {"findings": "Stable mild cardiomegaly. No effusion.", "impression": "Cardiomegaly."}, [],
+                      summary="rule summary") for rid in ("a", "b")]
+    stats = PrepareStats("openi", {})
+    apply_llm_summaries(reports, Answers(), stats)
+    assert [(r.summary, r.summarizer) for r in reports] == [("Mild cardiomegaly. No effusion.", "llm"),
+                                                            ("rule summary", "rule")]
+    assert stats.to_dict()["llm"] == {"generated": 2, "llm summary used": 1, "rule summary kept: lost Cardiomegaly": 1}
+
+
+def test_prepare_with_the_tiny_llm_is_batched_and_resumes(tiny_assets, tmp_path, capsys):
+    reports = tmp_path / "ecgen-radiology"
+    reports.mkdir()
+    for number in range(1, 6):
+        (reports / f"{number}.xml").write_bytes(_xml(number, f"Stable mild cardiomegaly number {number}. " + NORMAL,
+                                                     "No acute disease."))
+    images = placeholder_images(reports, tmp_path / "png")
+    cache = tmp_path / "answers.jsonl"
+    args = ["openi", "--reports", str(reports), "--images", str(images), "--summarizer", "llm", "--llm",
+            str(tiny_assets["llm"]), "--batch-size", "2", "--llm-max-new-tokens", "6", "--llm-cache", str(cache)]
+    assert prepare_main(args + ["--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "stats.json").read_text())["llm"]
+    assert first["generated"] == 5 and "from cache" not in first
+    assert len(cache.read_text().splitlines()) == 5
+    with cache.open("a") as handle:  # a run killed mid-write leaves a torn line
+        handle.write('{"key": "torn')
+    assert prepare_main(args + ["--out", str(tmp_path / "second")]) == 0
+    second = json.loads((tmp_path / "second" / "stats.json").read_text())["llm"]
+    assert second["from cache"] == 5 and "generated" not in second
+    assert sum(n for k, n in second.items() if k.startswith(("llm summary", "rule summary"))) == 5
+    assert cache.read_text().endswith("\n") and len(cache.read_text().splitlines()) == 5
+    capsys.readouterr()
+    without_llm = [a for a in args if a not in ("--llm", str(tiny_assets["llm"]))]
+    assert prepare_main(without_llm + ["--out", str(tmp_path / "third")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --summarizer llm needs --llm PATH (a local Hugging Face model folder)"
+    missing = [str(tmp_path / "no-model") if a == str(tiny_assets["llm"]) else a for a in args]
+    assert prepare_main(missing + ["--out", str(tmp_path / "fourth")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: summariser LLM folder {tmp_path / 'no-model'} does not exist"
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()

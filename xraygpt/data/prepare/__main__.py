@@ -16,7 +16,9 @@ from pathlib import Path
 
 import xraygpt.data.prepare as package
 from xraygpt.data.formats import DatasetError
+from xraygpt.models.llm import LLMLoadError
 from xraygpt.data.prepare.fidelity import FidelityError, fidelity_table, read_prepared, table_lines
+from xraygpt.data.prepare.llm_summary import BACKENDS, DEFAULT_PROMPT, LLMSummarizer
 from xraygpt.data.prepare.mimic import prepare_mimic
 from xraygpt.data.prepare.openi import prepare_openi
 from xraygpt.data.prepare.pipeline import IMAGE_MODES, PrepareError
@@ -34,6 +36,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--image-mode", choices=IMAGE_MODES, default="link",
                        help="link: symbolic links to the source images; copy: copies")
         p.add_argument("--no-verify-images", action="store_true", help="skip the header check of every image")
+        p.add_argument("--summarizer", choices=("rule", "llm"), default="rule",
+                       help="rule: the rule summary (default); llm: a local LLM's summary where it passes the guard")
+        p.add_argument("--llm", default=None, help="with --summarizer llm: the local Hugging Face model folder")
+        p.add_argument("--batch-size", type=int, default=8, help="with --summarizer llm: reports per generate call")
+        p.add_argument("--llm-max-new-tokens", type=int, default=256, help="with --summarizer llm: longest answer")
+        p.add_argument("--llm-backend", choices=BACKENDS, default="auto",
+                       help="auto: vLLM when installed with a CUDA GPU, else transformers")
+        p.add_argument("--llm-cache", default=None,
+                       help="answer cache that makes a rerun resume (default: <out>.llm-cache.jsonl beside --out)")
+        p.add_argument("--summary-prompt", default=str(DEFAULT_PROMPT), help="prompt template file")
 
     mimic = sub.add_parser("mimic", help="MIMIC-CXR reports + MIMIC-CXR-JPG -> XrayGPT layout per official split")
     mimic.add_argument("--reports", required=True, help="folder holding the reports' files/pXX/... tree")
@@ -73,16 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         return fidelity_main(Path(args.dir), args.json)
     out = Path(args.out)
     try:
+        summarizer = llm_summarizer(args, out) if args.command in ("mimic", "openi") else None
         if args.command == "mimic":
             stats = prepare_mimic(Path(args.reports), Path(args.images), out, args.frontal_only, args.image_mode,
-                                  not args.no_verify_images)
+                                  not args.no_verify_images, summarizer)
         elif args.command == "openi":
             stats = prepare_openi(Path(args.reports), Path(args.images), out, tuple(args.fractions), args.seed,
-                                  args.image_mode, not args.no_verify_images)
+                                  args.image_mode, not args.no_verify_images, summarizer)
         else:
             stats = prepare_shards(args.format, Path(args.root), out, args.split, args.ann_file, args.image_dir,
                                    args.maxcount, args.maxsize_mb * 1_000_000, not args.no_verify_images)
-    except (PrepareError, DatasetError, ValueError) as exc:
+    except (PrepareError, DatasetError, LLMLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(stats)))
@@ -90,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(table_lines(stats["fidelity"])))
     print(f"report: {out / 'stats.json'}")
     return 0
+
+
+def llm_summarizer(args: argparse.Namespace, out: Path) -> LLMSummarizer | None:
+    """The LLM summariser the options ask for (None with --summarizer rule)."""
+    if args.summarizer == "rule":
+        return None
+    if not args.llm:
+        raise PrepareError("--summarizer llm needs --llm PATH (a local Hugging Face model folder)")
+    cache = Path(args.llm_cache) if args.llm_cache else out.with_name(f"{out.name}.llm-cache.jsonl")
+    return LLMSummarizer(Path(args.llm), cache, Path(args.summary_prompt), args.batch_size, args.llm_max_new_tokens,
+                         args.llm_backend)
 
 
 def fidelity_main(folder: Path, json_path: str | None) -> int:

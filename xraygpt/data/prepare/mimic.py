@@ -24,6 +24,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
     ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
     summarise, write_layout,
@@ -80,7 +81,7 @@ def _official_splits(rows: list[dict[str, str]]) -> dict[str, str | None]:
 
 
 def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only: bool, image_mode: str,
-                  verify_images: bool) -> dict:
+                  verify_images: bool, summarizer: LLMSummarizer | None = None) -> dict:
     """Prepare MIMIC-CXR into `out` (layout: `xraygpt.data.prepare.pipeline`); returns the stats.json content."""
     for folder in (reports_root / "files", images_root / "files"):
         if not folder.is_dir():
@@ -123,7 +124,7 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
                for rid in sorted(set(report_files) | set(by_report))]
     reports = stats.step("report has images", "report", reports,
                          lambda r: None if r.images else "no image in the metadata", lambda r: r.report_id)
-    kept = summarise(reports, stats)
+    kept = summarise(reports, stats, summarizer)
 
     images = images_of_kept_reports(images, kept, stats)
     images = stats.step("in the official split", "image", images,

@@ -21,6 +21,7 @@ import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
     ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
     summarise, write_layout,
@@ -55,7 +56,7 @@ def read_openi_report(path: Path, images_dir: Path) -> Report:
 
 
 def prepare_openi(reports_dir: Path, images_dir: Path, out: Path, fractions: tuple[float, float, float],
-                  seed: int, image_mode: str, verify_images: bool) -> dict:
+                  seed: int, image_mode: str, verify_images: bool, summarizer: LLMSummarizer | None = None) -> dict:
     """Prepare OpenI into `out` (layout: `xraygpt.data.prepare.pipeline`); returns the stats.json content."""
     for folder in (reports_dir, images_dir):
         if not folder.is_dir():
@@ -65,7 +66,7 @@ def prepare_openi(reports_dir: Path, images_dir: Path, out: Path, fractions: tup
     reports = [read_openi_report(path, images_dir) for path in sorted(reports_dir.glob("*.xml"))]
     if not reports:
         raise PrepareError(f"no *.xml report in {reports_dir}")
-    kept = summarise(reports, stats)
+    kept = summarise(reports, stats, summarizer)
     listed = [image for report in reports for image in report.images]
     seen_files: set[Path] = set()
 

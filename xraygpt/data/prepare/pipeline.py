@@ -10,7 +10,8 @@ Output, one folder per split (train, val, test) in XrayGPT's layout plus the raw
     <out>/<split>/filter_cap.json   {"annotations": [{"image_id", "caption", "report_id"}, ...]}
     <out>/<split>/image/<image_id>.<ext>   a symbolic link to the source image, or a copy
     <out>/<split>/reports.json      {report_id: {"sections": {name: raw text}, "summary": ...,
-                                                 "image_ids": [...], "edits": [...]}}
+                                                 "image_ids": [...], "summarizer": "rule" | "llm",
+                                                 "edits": [...]}}
                                     (re-summarise with any LLM); each edit is one source sentence
                                     the summary changed: {"rules": [...], "before": ..., "after":
                                     the summary's sentence, "" when removed, "reason": why removed}
@@ -30,6 +31,7 @@ from xraygpt.data.formats import readable_header
 from xraygpt.data.prepare.cleaning import Cleaned, clean_summary, filter_reason
 from xraygpt.data.prepare.fidelity import fidelity_table, source_text
 from xraygpt.data.prepare.guard import guard_summary
+from xraygpt.data.prepare.llm_summary import LLMSummarizer, apply_llm_summaries
 from xraygpt.data.prepare.splits import SPLITS
 from xraygpt.data.prepare.stats import PrepareStats
 
@@ -60,6 +62,7 @@ class Report:
     error: str | None = None
     summary: str = ""
     edits: list[dict] = dataclasses.field(default_factory=list)
+    summarizer: str = "rule"
 
 
 def check_output_dir(out: Path) -> None:
@@ -74,8 +77,9 @@ def edits_of(cleaned: Cleaned) -> list[dict]:
             for o in cleaned.sentences if o.rules or o.removed]
 
 
-def summarise(reports: list[Report], stats: PrepareStats) -> list[Report]:
-    """The reports that are readable, pass the paper's filters and keep a non-empty guarded summary."""
+def summarise(reports: list[Report], stats: PrepareStats, summarizer: "LLMSummarizer | None" = None) -> list[Report]:
+    """The reports that are readable, pass the paper's filters and keep a non-empty guarded summary
+    (the rule summary, or the LLM's where `summarizer` is given and its answer passes the guard)."""
     reports = stats.step("report readable", "report", reports, lambda r: r.error, lambda r: r.report_id)
     reports = stats.step("paper filters", "report", reports, lambda r: filter_reason(r.sections), lambda r: r.report_id)
     for report in reports:
@@ -85,8 +89,11 @@ def summarise(reports: list[Report], stats: PrepareStats) -> list[Report]:
         report.summary, report.edits = cleaned.summary, edits_of(cleaned)
         stats.removed_sentences.update(reason for reason, _ in cleaned.removed)
         stats.rewrite_rules.update(rule for outcome in cleaned.rewritten for rule in outcome.rules)
-    return stats.step("summary cleaning", "report", reports,
-                      lambda r: None if r.summary else "empty summary after cleaning", lambda r: r.report_id)
+    reports = stats.step("summary cleaning", "report", reports,
+                         lambda r: None if r.summary else "empty summary after cleaning", lambda r: r.report_id)
+    if summarizer is not None:
+        apply_llm_summaries(reports, summarizer, stats)
+    return reports
 
 
 def images_of_kept_reports(images: list[ImageRef], kept: list[Report], stats: PrepareStats) -> list[ImageRef]:
@@ -136,7 +143,8 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
                 continue
             image_dir.mkdir(parents=True, exist_ok=True)
             split_reports[report.report_id] = {"sections": report.sections, "summary": report.summary,
-                                               "image_ids": [im.image_id for im in images], "edits": report.edits}
+                                               "image_ids": [im.image_id for im in images], "summarizer": report.summarizer,
+                                               "edits": report.edits}
             for image in images:
                 annotations.append({"image_id": image.image_id, "caption": report.summary, "report_id": report.report_id})
                 target = image_dir / f"{image.image_id}{image.path.suffix.lower()}"

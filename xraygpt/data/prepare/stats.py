@@ -8,6 +8,8 @@
      "rewrite_rules": {"comparison: change word": 230, ...},    rules that changed a kept sentence
      "guard": {"Pleural Effusion": {"lost": 2, "restored": 2, "gained": 0, "removed": 0}, ...},
      "fidelity": {...},                                         `xraygpt.data.prepare.fidelity`
+     "llm": {"llm summary used": 90, "rule summary kept: lost Edema": 3, "generated": 93, ...}
+                                          (only with --summarizer llm: `xraygpt.data.prepare.llm_summary`)
      "outputs": {"train": {"reports": 68, "images": 131}, ...},
      "dropped": [{"unit": "report", "id": "1384", "reason": "findings shorter than 10 words"}, ...]}
 
@@ -42,6 +44,7 @@ class PrepareStats:
         self.rewrite_rules: Counter[str] = Counter()
         self.guard_events: Counter[tuple[str, str]] = Counter()
         self.fidelity: dict | None = None
+        self.llm: Counter[str] = Counter()
         self.outputs: dict[str, dict[str, int]] = {}
         self._first_in: dict[str, int] = {}
         self._last_out: dict[str, int] = {}
@@ -84,6 +87,7 @@ class PrepareStats:
             "removed_sentences": dict(self.removed_sentences.most_common()),
             "rewrite_rules": dict(self.rewrite_rules.most_common()),
             "guard": self.guard_table(), **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
+            **({"llm": dict(self.llm.most_common())} if self.llm else {}),
             "outputs": self.outputs, "dropped": self.dropped,
         }
 
