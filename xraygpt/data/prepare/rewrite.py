@@ -33,7 +33,7 @@ BLANK_TOKEN = "XXXX"
 COMPARISON = re.compile(
     r"\b(?:compar(?:e|ed|ing|ison|isons)|prior|previous(?:ly)?|preceding|earlier|since|interval(?:ly)?|unchanged"
     r"|(?:no|without) (?:significant |substantial |appreciable |relevant |interval )?change|again|redemonstrat\w*|stabl[ey]"
-    r"|persist\w*|new(?:ly)?|improv\w*|worsen\w*|resolv\w*|resolution)\b",
+    r"|persist\w*|new(?:ly)?|improv\w*|worsen\w*|resolv\w*|resolution|re-demonstrat\w*|continu(?:ed|ing)|no longer)\b",
     re.IGNORECASE,
 )
 # Every written form of a de-identification blank: MIMIC-CXR "___", OpenI "XXXX" (also escaped,
@@ -140,6 +140,7 @@ def repair(text: str) -> str:
         text = _DANGLING_START.sub("", text)
         text = re.sub(r"\(\s*\)", "", text)
         text = re.sub(r"([.!?])[.!?]+", r"\1", text)
+        text = re.sub(r"\b([Aa])(?= [aeioAEIO])", r"\1n", text)  # "a opacity" once a blank between them is gone
     text = text.strip(" ,;:")
     if not text.strip(" .!?"):
         return ""
