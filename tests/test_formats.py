@@ -48,7 +48,7 @@ def test_r2gen_one_sample_per_image_and_bad_entries(tmp_path):
         ("CXR2_IM-0002", "images/CXR2_IM-0002/0.png", "Small effusion."),
         ("CXR4_IM-0004_1", "images/CXR4_IM-0004/0.png", "Normal."),
     ]
-    assert dropped == {"malformed entry": ["#4"], "empty caption": [], "duplicate id": ["CXR2_IM-0002"],
+    assert dropped == {"malformed entry": ["#4"], "empty caption": [], "duplicate id": ["CXR2_IM-0002"], "unsafe image path": [],
                        "image missing": ["CXR9_IM-0009"], "image unreadable": ["CXR4_IM-0004_2"]}
     assert total == len(samples) + sum(len(ids) for ids in dropped.values())
     with pytest.raises(DatasetError, match=r"has no split 'validate' \(splits: train, val, test\)"):

@@ -17,8 +17,10 @@ entry's report: ids `<id>_<k>` (k = 1, 2, ... in `image_path` order); a one-imag
 `<id>`.  Shards (`format: webdataset`) are read by `xraygpt.data.shards`.
 
 Readers never stop at a bad entry: malformed entries, empty captions, duplicate ids (the first
-is kept), missing images and (with `verify_images`) files whose header PIL cannot read are
-returned in `dropped` ({reason: [ids]}), to be logged or written to a report by the caller.
+is kept), image paths that would leave the image folder (absolute, `..`: refused, never read;
+`xraygpt.data.paths`), missing images and (with `verify_images`) files whose header PIL cannot
+read are returned in `dropped` ({reason: [ids]}), to be logged or written to a report by the
+caller.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Callable
 
 from PIL import Image
 
+from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.transforms import DECODE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ def read_json(path: Path, what: str) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{what} {path} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise DatasetError(f"{what} {path} is nested too deeply to read") from exc
+    except OSError as exc:
+        raise DatasetError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def read_annotations(path: Path) -> list[dict]:
@@ -85,7 +92,8 @@ def list_images(folder: Path) -> dict[str, str]:
 
 
 def _dropped() -> dict[str, list[str]]:
-    return {"malformed entry": [], "empty caption": [], "duplicate id": [], "image missing": [], "image unreadable": []}
+    return {"malformed entry": [], "empty caption": [], "duplicate id": [], "unsafe image path": [], "image missing": [],
+            "image unreadable": []}
 
 
 def _reason(image_id: str, caption: str, image_found: bool, seen: set[str]) -> str | None:
@@ -147,7 +155,11 @@ def read_r2gen(root: Path, ann_file: str, image_dir: str, split: str) -> tuple[l
         references += len(paths)
         ids = [str(entry["id"])] if len(paths) == 1 else [f"{entry['id']}_{k}" for k in range(1, len(paths) + 1)]
         for image_id, rel in zip(ids, paths):
-            file = root / image_dir / rel
+            try:
+                file = confined(root / image_dir, rel)
+            except UnsafePath:
+                dropped["unsafe image path"].append(image_id)
+                continue
             reason = _reason(image_id, entry["report"], file.is_file(), seen)
             if reason:
                 dropped[reason].append(image_id)

@@ -48,6 +48,7 @@ import torch
 import webdataset as wds
 
 from xraygpt.data.formats import FORMAT_FILES, DatasetError, Sample, image_text_sample, read_json
+from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,17 @@ def read_manifest(root: Path, manifest: str) -> tuple[list[Path], int]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
                                                 and isinstance(e.get("samples"), int) for e in entries):
         raise DatasetError(f"shard manifest {root / manifest} has no 'shards' list of {{file, samples}}")
-    present = [e for e in entries if (root / e["file"]).is_file()]
-    missing = [e["file"] for e in entries if e not in present]
+    files: dict[int, Path] = {}
+    for k, entry in enumerate(entries):
+        try:
+            files[k] = confined(root, entry["file"])
+        except UnsafePath as exc:
+            logger.warning("%s: a listed shard is left out: %s", root / manifest, exc)
+    present = [k for k, file in files.items() if file.is_file()]
+    missing = [entries[k]["file"] for k in files if k not in present]
     if missing:
         logger.warning("%s: %d listed shards are missing, first: %s", root, len(missing), ", ".join(missing[:5]))
-    return [root / e["file"] for e in present], sum(e["samples"] for e in present)
+    return [files[k] for k in present], sum(entries[k]["samples"] for k in present)
 
 
 class ShardDataset(torch.utils.data.IterableDataset):

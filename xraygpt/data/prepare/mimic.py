@@ -8,7 +8,8 @@ Input:
 
 One sample per image (dicom_id), captioned by its study's report (report id `s<study_id>`,
 the report file's stem).  Reports are split into sections by `xraygpt.data.prepare.sections`;
-a report that is not UTF-8 is dropped.  Image steps: metadata row valid -> id unique (the
+a report that is not UTF-8 is dropped.  Image steps: metadata row valid (digit subject and study ids, a dicom_id that is a plain file
+name: `xraygpt.data.paths.safe_name`) -> id unique (the
 first row is kept) -> report kept -> in the split file (one split per image; conflicting rows
 drop it) -> frontal (ViewPosition PA or AP; only with `frontal_only`) -> file exists -> header
 readable.  The split is the official one (by patient); a subject found in two splits is
@@ -24,6 +25,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
     ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
@@ -99,6 +101,11 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
         dicom, subject, study = (row[k].strip() for k in ("dicom_id", "subject_id", "study_id"))
         if not (dicom and subject.isdigit() and study.isdigit()):
             images.append(ImageRef(f"{metadata_path.name} line {line}", None, "", "malformed metadata row"))
+            continue
+        try:
+            safe_name(dicom)
+        except UnsafePath as exc:
+            images.append(ImageRef(f"{metadata_path.name} line {line}", None, "", f"malformed metadata row: {exc}"))
             continue
         path = images_root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
         images.append(ImageRef(dicom, path, f"s{study}"))

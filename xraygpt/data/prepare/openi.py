@@ -12,7 +12,8 @@ well-formed XML (including bytes that are not valid in its declared encoding, UT
 drops its report; its images cannot be listed.  An image file listed twice (in one report or
 two) is kept once.  The split is seeded and by report (one report per patient in OpenI), so a
 report's images never land in two splits.  Uses xml.etree.ElementTree: the files are local,
-and Python's expat refuses entity-expansion bombs.
+and Python's expat refuses entity-expansion bombs.  A parentImage id must be a plain file name
+(`xraygpt.data.paths.safe_name`): one holding a path ("../outside/secret") drops its image.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
     ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
@@ -50,8 +52,11 @@ def read_openi_report(path: Path, images_dir: Path) -> Report:
     images = []
     for k, node in enumerate(root.iter("parentImage"), start=1):
         name = (node.get("id") or "").strip()
-        images.append(ImageRef(f"{report_id}_{k}", images_dir / f"{name}.png" if name else None, report_id,
-                               None if name else "parentImage without id"))
+        try:
+            path, problem = images_dir / f"{safe_name(name)}.png", None
+        except UnsafePath as exc:
+            path, problem = None, "parentImage without id" if not name else f"unsafe parentImage id: {exc}"
+        images.append(ImageRef(f"{report_id}_{k}", path, report_id, problem))
     return Report(report_id, sections, images)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from xraygpt.data.formats import readable_header
+from xraygpt.data.paths import safe_name
 from xraygpt.data.prepare.cleaning import Cleaned, clean_summary, filter_reason
 from xraygpt.data.prepare.fidelity import fidelity_table, source_text
 from xraygpt.data.prepare.guard import guard_summary
@@ -147,7 +148,7 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
                                                "edits": report.edits}
             for image in images:
                 annotations.append({"image_id": image.image_id, "caption": report.summary, "report_id": report.report_id})
-                target = image_dir / f"{image.image_id}{image.path.suffix.lower()}"
+                target = image_dir / safe_name(f"{image.image_id}{image.path.suffix.lower()}")
                 if image_mode == "link":
                     target.symlink_to(image.path.resolve())
                 else:
