@@ -25,7 +25,7 @@ from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
 from xraygpt.training import distributed  # noqa: E402
 
-ERRORS = (ValueError, KeyError, FileNotFoundError, ImportError)
+ERRORS = (ValueError, KeyError, OSError, ImportError)
 
 
 def load_eval_config(path: str | Path, options: list[str] | None = None):

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval", model.prompt_tokenizer)
         runner = builders.build_runner(cfg, model, train_set, eval_set, dist)
         runner.train()
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         return startup_error(exc, args.debug)
     finally:
         distributed.cleanup()

@@ -89,13 +89,16 @@ def test_one_command_writes_every_output(single_run, tiny_assets):
 
 def test_resume_skips_predicted_ids_and_reads_a_killed_runs_parts(tiny_assets, checkpoint, tmp_path, capsys, caplog):
     out = tmp_path / "out"
-    out.mkdir()
     ids = [a["image_id"] for a in json.loads((tiny_assets["val"] / "filter_cap.json").read_text())["annotations"]]
-    # what a run killed mid-batch leaves: a finished row and a half-written line in a rank's part file
+    cfg = eval_config(tiny_assets, checkpoint, out)
+    # what a run killed mid-batch leaves: its fingerprint.json (written before generating), a
+    # finished row and a half-written line in a rank's part file
+    assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
+    for name in ("predictions.jsonl", "predictions.csv", "references.csv", "metrics.json"):
+        (out / name).unlink()
     (out / "predictions.part1.jsonl").write_text(
         json.dumps({"image_id": ids[2], "prediction": "MARKER", "reference": "ref", "instruction": "i"}) + "\n"
         + '{"image_id": "' + ids[3] + '", "predic')
-    cfg = eval_config(tiny_assets, checkpoint, out)
     caplog.set_level("INFO")
     assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
     assert "8 images in the split, 1 already predicted" in caplog.text
@@ -232,3 +235,63 @@ def test_eval_readme_documents_every_evaluation_key():
     cfg = evaluate.load_eval_config(REPO / "eval_configs" / "tiny_eval.yaml")
     missing = [key for key in cfg.evaluation if f"`{key}`" not in readme]
     assert not missing, f"eval_configs/README.md does not document: {missing}"
+
+
+def test_a_finished_folder_refuses_another_run_instead_of_reporting_stale_metrics(tiny_assets, checkpoint, single_run,
+                                                                                   tmp_path, capsys):
+    """Evaluating into a finished folder with another checkpoint and image_mode=blank logged "8 already
+    predicted, 0 to generate" and wrote the old run's scores under the new settings."""
+    out = tmp_path / "out"
+    shutil.copytree(single_run[0], out)
+    before = (out / "metrics.json").read_bytes()
+    other = tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    atomic_save(state, other)
+    code, _, err = run_main(eval_config(tiny_assets, other, out, image_mode="blank"), tmp_path / "c.yaml", capsys)
+    assert code == 2 and not any("Traceback" in line for line in err)
+    assert err[-1].startswith(f"error: {out} holds outputs of another run (its fingerprint.json differs in ")
+    assert "generation.image_mode" in err[-1] and "model.trainable_sha256" in err[-1] and "evaluation.restart" in err[-1]
+    assert (out / "metrics.json").read_bytes() == before
+    # the same run again is a resume: nothing to generate, same rows
+    assert run_main(eval_config(tiny_assets, checkpoint, out), tmp_path / "c.yaml", capsys)[0] == 0
+    assert read_rows(out) == read_rows(single_run[0])
+    # restart: the old outputs go and the new run's are written
+    code, _, _ = run_main(eval_config(tiny_assets, other, out, image_mode="blank", restart=True), tmp_path / "c.yaml", capsys)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["generation"]["image_mode"] == "blank" and metrics["generation"]["final_batch_size"] == 4
+    assert json.loads((out / "fingerprint.json").read_text())["generation"]["image_mode"] == "blank"
+    # a folder with outputs but no fingerprint (another tool, an older version) is refused too
+    (out / "fingerprint.json").unlink()
+    code, _, err = run_main(eval_config(tiny_assets, other, out, image_mode="blank"), tmp_path / "c.yaml", capsys)
+    assert code == 2 and "has no readable fingerprint.json" in err[-1]
+
+
+def test_a_torn_part_line_never_swallows_the_next_row(tiny_assets, checkpoint, single_run, tmp_path, capsys):
+    """A part file whose last line was torn got the next run's first row appended onto it: both were
+    dropped, 7 of 8 images scored, "0 skipped", one id silently missing."""
+    out = tmp_path / "out"
+    cfg = eval_config(tiny_assets, checkpoint, out, batch_size=8)
+    assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
+    rows = read_rows(out)
+    for name in ("predictions.jsonl", "predictions.csv", "references.csv", "metrics.json"):
+        (out / name).unlink()
+    # a killed run: rows 0-5 written whole, row 6 torn mid-line, row 7 never reached
+    (out / "predictions.part0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6])
+                                                 + json.dumps(rows[6])[:25])
+    assert run_main(cfg, tmp_path / "c.yaml", capsys)[0] == 0
+    assert read_rows(out) == rows
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"]["count"] == 0 and len(read_rows(out)) == 8
+
+
+def test_merge_refuses_to_score_an_incomplete_split(tmp_path):
+    from xraygpt.evaluation.predictions import IncompleteEvaluation, PredictionStore
+
+    store = PredictionStore(tmp_path, 0)
+    store.append([{"image_id": "a", "prediction": "x", "reference": "y"}, {"image_id": "b", "skipped": "bad image"}])
+    with pytest.raises(IncompleteEvaluation, match=r"1 of 3 images of the split have neither a prediction nor a skip "
+                                                   r"reason .* \(first: c\); run the evaluation again"):
+        store.merge(["a", "b", "c"])
+    assert [json.loads(x)["image_id"] for x in (tmp_path / "predictions.jsonl").read_text().splitlines()] == ["a"]

@@ -4,7 +4,10 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
 `xraygpt.config`).  `run(dataset)`:
 
 1. joins torchrun's process group, if any (gloo on CPU, NCCL on GPU);
-2. skips the ids that already have a prediction in `output_dir` (resume), splits the rest
+2. binds `output_dir` to this run: its fingerprint.json (model, split, generation settings;
+   `xraygpt.evaluation.fingerprint`) must match this run's when the folder already holds
+   outputs, else the run is refused (`StaleOutputs`) or, with `restart`, the old outputs are
+   deleted; then it skips the ids that already have a prediction (resume), splits the rest
    round-robin across ranks, and generates them in batches (left padding, KV cache, greedy by
    default) with a tqdm bar in images/s on rank 0; each rank appends its rows to its part file
    after every batch.  Images are read `batch_size` x WINDOW_BATCHES at a time (`sample_windows`),
@@ -29,9 +32,11 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from xraygpt.atomic import atomic_write_text
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
+from xraygpt.evaluation.fingerprint import FINGERPRINT, differences, model_fingerprint, read_fingerprint, split_fingerprint
 from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_fitting, sample_windows
 from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
@@ -45,13 +50,22 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("transformers", "vllm")
 
 
-def dataset_ids(dataset) -> list[str]:
-    """The image id of every key of a MixedDataset of file-based datasets, without decoding images."""
+def dataset_samples(dataset) -> list[tuple]:
+    """The (image id, image file, reference) of every key of a MixedDataset of file-based datasets."""
     members = dataset.datasets if isinstance(dataset, MixedDataset) else [dataset]
     if not all(hasattr(ds, "samples") for ds in members):
         raise DatasetError("evaluation reads datasets in the xraygpt or r2gen format (one row per image id); "
                            "a webdataset shard folder cannot be resumed by id")
-    return [str(s[0]) for ds in members for s in ds.samples]
+    return [s for ds in members for s in ds.samples]
+
+
+def dataset_ids(dataset) -> list[str]:
+    """The image id of every key of a MixedDataset of file-based datasets, without decoding images."""
+    return [str(s[0]) for s in dataset_samples(dataset)]
+
+
+class StaleOutputs(ValueError):
+    """An output folder holding predictions of another model, split or generation setting."""
 
 
 class ReportEvaluator:
@@ -79,6 +93,8 @@ class ReportEvaluator:
             call; see xraygpt.evaluation.vllm_engine).
         vllm_gpu_memory_utilization: the share of GPU memory the vLLM engine may take (the
             encoder, projection and embedding table beside it need little of the rest).
+        restart: when `output_dir` holds outputs of another run (its fingerprint.json differs,
+            or it has none), delete them and start over instead of refusing.
     """
 
     def __init__(
@@ -105,6 +121,7 @@ class ReportEvaluator:
         radgraph_model: Optional[str] = None,
         backend: str = "transformers",
         vllm_gpu_memory_utilization: float = 0.8,
+        restart: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
@@ -116,6 +133,7 @@ class ReportEvaluator:
             check_supported(model, vllm_gpu_memory_utilization)
             check_decoding(num_beams, repetition_penalty)
         self.model = model
+        self.restart = restart
         self.backend = backend
         self.vllm_gpu_memory_utilization = vllm_gpu_memory_utilization
         self.output_dir = Path(output_dir)
@@ -163,6 +181,24 @@ class ReportEvaluator:
         bar.close()
         return batch_size if keys else None
 
+    def _bind_outputs(self, store: PredictionStore, dist, fingerprint: dict) -> None:
+        """Refuse (or, with `restart`, clear) outputs of another run; then record this run's fingerprint."""
+        old = read_fingerprint(self.output_dir)
+        if store.has_outputs() and old != fingerprint:
+            what = (f"{FINGERPRINT} differs in {', '.join(differences(old, fingerprint))}" if old is not None
+                    else f"has no readable {FINGERPRINT}")
+            if not self.restart:
+                raise StaleOutputs(f"{self.output_dir} holds outputs of another run (its {what}); set "
+                                   f"evaluation.restart=true to delete them and start over, or choose another output_dir")
+            distributed.barrier()
+            if dist.is_main:
+                logger.warning("%s holds outputs of another run (%s): deleted (evaluation.restart)", self.output_dir, what)
+                store.clear()
+        distributed.barrier()
+        if dist.is_main:
+            atomic_write_text(self.output_dir / FINGERPRINT, json.dumps(fingerprint, indent=1))
+        distributed.barrier()
+
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
 
@@ -178,8 +214,12 @@ class ReportEvaluator:
         if self.backend == "vllm" and dist.world_size > 1:
             raise ValueError("evaluation.backend vllm runs in one process (vLLM batches by itself); run evaluate.py "
                              "without torchrun")
-        ids = dataset_ids(dataset)
+        samples = dataset_samples(dataset)
+        ids = [str(s[0]) for s in samples]
         store = PredictionStore(self.output_dir, dist.rank)
+        self._bind_outputs(store, dist, {
+            "model": model_fingerprint(self.model), "split": split_fingerprint(ids, [str(s[2]) for s in samples]),
+            "generation": {"backend": self.backend, "image_mode": self.image_mode, "seed": self.seed, **self.gen_kwargs}})
         done = store.done_ids()
         todo = [k for k, image_id in enumerate(ids) if image_id not in done]
         mine = todo[dist.rank::dist.world_size]
@@ -210,6 +250,6 @@ class ReportEvaluator:
         metrics["generation"] = {"backend": self.backend, "image_mode": self.image_mode,
                                  "batch_size": self.batch_size, "final_batch_size": final_batch_size,
                                  **self.gen_kwargs}
-        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
         return format_metrics(metrics)

@@ -11,6 +11,10 @@
                                  (e.g. CXR-Report-Metric)
 
 Ids with a row in predictions.jsonl or in a part file are done and are not generated again.
+Part files are appended a whole line at a time (a line torn by a killed run is cut first), and
+after the merge every id of the split must have a row or a skip reason, else
+`IncompleteEvaluation` says how many are missing (predictions.jsonl keeps what was merged, and
+the next run generates the rest).
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
+from xraygpt.atomic import append_lines, atomic_write_text
 from xraygpt.data.formats import DatasetError, read_json
+from xraygpt.evaluation.fingerprint import FINGERPRINT
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 PART_GLOB = "predictions.part*.jsonl"
+
+
+class IncompleteEvaluation(ValueError):
+    """Ids of the split with neither a prediction nor a skip reason after the merge."""
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
@@ -91,14 +100,21 @@ class PredictionStore:
         return {str(r["image_id"]) for f in self._files() for r in read_jsonl(f)[0]
                 if "image_id" in r and "skipped" not in r}
 
+    def has_outputs(self) -> bool:
+        """True when the folder already holds predictions, part files or metrics."""
+        return bool(self._files()) or (self.output_dir / "metrics.json").is_file()
+
+    def clear(self) -> None:
+        """Remove every output of an earlier run (predictions, parts, CSVs, metrics, fingerprint)."""
+        for name in (PREDICTIONS, "predictions.csv", "references.csv", "metrics.json", FINGERPRINT):
+            (self.output_dir / name).unlink(missing_ok=True)
+        for part in self.output_dir.glob(PART_GLOB):
+            part.unlink()
+
     def append(self, records: list[dict]) -> None:
-        """Append rows / skip records to this rank's part file and flush them to disk."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with self.part.open("a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append rows / skip records to this rank's part file, whole lines, flushed to disk (a line
+        torn by a killed run is cut first, so the new rows never land on it)."""
+        append_lines(self.part, [json.dumps(record, ensure_ascii=False) for record in records])
 
     def merge(self, order: list[str]) -> tuple[list[dict], dict[str, list[str]]]:
         """Rank 0, after every rank finished: fold all parts into predictions.jsonl.
@@ -124,15 +140,16 @@ class PredictionStore:
         if extra:
             logger.warning("%s holds %d rows whose ids are not in the evaluated split; they are kept and scored",
                            self.final, extra)
-        tmp = self.final.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in ordered:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.final)
+        atomic_write_text(self.final, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ordered))
         for part in self.output_dir.glob(PART_GLOB):
             part.unlink()
         reasons: dict[str, list[str]] = {}
         for image_id, reason in skipped.items():
             if image_id not in rows:
                 reasons.setdefault(reason, []).append(image_id)
+        unaccounted = [image_id for image_id in order if image_id not in rows and image_id not in skipped]
+        if unaccounted:
+            raise IncompleteEvaluation(
+                f"{len(unaccounted)} of {len(order)} images of the split have neither a prediction nor a skip reason in "
+                f"{self.output_dir} (first: {', '.join(unaccounted[:3])}); run the evaluation again to generate them")
         return ordered, reasons

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from xraygpt.atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -46,19 +47,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over `path`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save to a temporary file beside `path`, fsync, then rename over `path` (`xraygpt.atomic`)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+from xraygpt.atomic import append_lines, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
 
 class JsonlLog:
-    """Appends one JSON line per record to `path`; `truncate_after(step)` drops lines of a killed run."""
+    """Appends one JSON line per record to `path`; `truncate_after(step)` drops lines of a killed run.
+
+    A line that is not a JSON object (torn by a killed run) is dropped with a warning naming the
+    file, never an error: the log is a record of the run, not something a resume depends on.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -17,20 +26,30 @@ class JsonlLog:
         """Keep only records with record["step"] <= step (used when resuming from `step`)."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = [record for record in self.read() if record.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_lines(self.path, [json.dumps(record)])
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, bad = [], 0
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+        if bad:
+            logger.warning("%s: %d unreadable lines dropped (torn by a killed run?)", self.path, bad)
+        return records
 
 
 def plot_loss(records: list[dict], path: str | os.PathLike, title: str = "") -> Path | None:

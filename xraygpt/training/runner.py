@@ -39,6 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from xraygpt.atomic import atomic_write_text
 from xraygpt.constants import IGNORE_INDEX
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
@@ -265,7 +266,7 @@ class IterRunner:
         start_step = self._restore() if self.resume_state is not None else 0
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(self.config_yaml)
+            atomic_write_text(self.output_dir / "config.yaml", self.config_yaml)
         self.model.to(self.device)
         self.model.train()
         wrapped = self._wrapped_model()

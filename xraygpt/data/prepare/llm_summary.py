@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from xraygpt.atomic import append_lines, drop_torn_tail
 from xraygpt.data.prepare.guard import default_labeler, strength
 from xraygpt.data.prepare.rewrite import BLANK, COMPARISON
 from xraygpt.evaluation.chexpert_rules import OBSERVATIONS
@@ -62,13 +63,9 @@ class SummaryCache:
         self.path = path
         self.answers: dict[str, str] = {}
         if path.is_file():
-            raw = path.read_bytes()
-            lines = raw.split(b"\n")
-            complete = raw[:len(raw) - len(lines[-1])]  # drops a torn (unterminated) last line
-            if lines[-1]:
-                logger.warning("%s: ignoring a torn last line left by a killed run", path)
-                path.write_bytes(complete)
-            for line in complete.splitlines():
+            if drop_torn_tail(path):
+                logger.warning("%s: cut a torn last line left by a killed run", path)
+            for line in path.read_bytes().splitlines():
                 try:
                     entry = json.loads(line)
                     self.answers[entry["key"]] = str(entry["summary"])
@@ -77,10 +74,7 @@ class SummaryCache:
 
     def add(self, entries: list[dict]) -> None:
         """Append answers, one whole line each, flushed before returning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-            handle.flush()
+        append_lines(self.path, [json.dumps(e, ensure_ascii=False) for e in entries])
         self.answers.update((e["key"], e["summary"]) for e in entries)
 
 
