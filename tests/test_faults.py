@@ -2,12 +2,15 @@
 happen to them (issue: trust and faults). Each test names the attack it repeats."""
 
 import csv
+import errno
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import train
+from conftest import tiny_config, write_yaml
+from xraygpt.atomic import AtomicWriteError, append_lines
 from xraygpt.data.formats import DatasetError, read_json, read_samples
 from xraygpt.data.paths import UnsafePath, confined, safe_name
 from xraygpt.data.prepare.__main__ import main as prepare_main
@@ -117,3 +120,105 @@ def test_json_nested_too_deep_is_one_clean_error(tmp_path):
     path.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(DatasetError, match="nested too deeply"):
         read_json(path, "annotation file")
+
+
+def _train(cfg: dict, path, capsys, *options: str) -> tuple[int, str]:
+    code = train.main(["--cfg-path", str(write_yaml(cfg, path)), *(["--options", *options] if options else [])])
+    return code, capsys.readouterr().err.strip().splitlines()[-1] if code else ""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_assets, tmp_path_factory):
+    """A 4-step tiny stage-1 run: (config dict, output_dir)."""
+    out = tmp_path_factory.mktemp("stage1") / "out"
+    cfg = tiny_config(tiny_assets, out)
+    assert train.main(["--cfg-path", str(write_yaml(cfg, out.parent / "c.yaml"))]) == 0
+    return cfg, out
+
+
+def test_resuming_another_stage_is_refused_not_a_silent_zero_step_run(finished_run, tiny_assets, tmp_path, capsys):
+    """Resuming stage 2 from a stage-1 checkpoint trained 0 steps, exited 0 and left only config.yaml."""
+    cfg, out = finished_run
+    ckpt = out / "checkpoints" / "checkpoint_last.pt"
+    stage2 = tiny_config(tiny_assets, tmp_path / "stage2")
+    stage2["datasets"]["openi"] = stage2["datasets"].pop(next(iter(stage2["datasets"])))
+    stage2["datasets"]["openi"]["root"] = str(tiny_assets["val"])
+    code, err = _train(stage2, tmp_path / "s2.yaml", capsys, f"run.resume_ckpt_path={ckpt}")
+    assert code == 2 and "was written by another run (datasets" in err and "set model.ckpt instead" in err
+    assert not (tmp_path / "stage2").exists()
+    code, err = _train(cfg, tmp_path / "same.yaml", capsys, f"run.resume_ckpt_path={ckpt}",
+                       f"run.output_dir={tmp_path / 'again'}")
+    assert code == 2 and err.endswith("this run plans 4 steps (run.max_epoch x run.iters_per_epoch): nothing is left to train")
+    # starting stage 2 from the stage-1 weights is model.ckpt, and trains
+    assert _train(stage2, tmp_path / "s2.yaml", capsys, f"model.ckpt={ckpt}")[0] == 0
+
+
+def test_a_checkpoint_with_frozen_weights_is_refused(finished_run, tiny_assets, tmp_path, capsys):
+    """A model.ckpt also carrying a zeroed llm.model.embed_tokens.weight loaded silently."""
+    cfg, out = finished_run
+    import torch
+
+    state = torch.load(out / "checkpoints" / "checkpoint_last.pt", weights_only=True)
+    state["model"]["llm.model.embed_tokens.weight"] = torch.zeros(8, 8)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    code, err = _train(tiny_config(tiny_assets, tmp_path / "o"), tmp_path / "c.yaml", capsys, f"model.ckpt={bad}")
+    assert code == 2 and "keeps frozen, first llm.model.embed_tokens.weight" in err and "hf_model" in err
+
+
+def test_empty_checkpoint_is_one_line(tiny_assets, tmp_path, capsys):
+    """A zero-byte checkpoint raised IndexError."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for option in (f"model.ckpt={empty}", f"run.resume_ckpt_path={empty}"):
+        code, err = _train(tiny_config(tiny_assets, tmp_path / "o"), tmp_path / "c.yaml", capsys, option)
+        assert code == 2 and err.startswith(f"error: cannot read checkpoint {empty}: ")
+
+
+def test_a_full_disk_leaves_nothing_partial(tmp_path, monkeypatch):
+    """A full disk while saving raised 'RuntimeError ... unexpected pos' and left a 0-byte config.yaml."""
+    import torch
+
+    from xraygpt.atomic import atomic_write
+    from xraygpt.training.checkpoint import atomic_save
+
+    def fills_the_disk(handle):
+        handle.write(b"run: {}\n" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "config.yaml"
+    with pytest.raises(AtomicWriteError, match=f"cannot write {target}: No space left on device"):
+        atomic_write(target, fills_the_disk)
+    assert list(tmp_path.iterdir()) == []
+    target.write_text("the previous config\n")
+    with pytest.raises(AtomicWriteError):
+        atomic_write(target, fills_the_disk)
+    assert target.read_text() == "the previous config\n" and list(tmp_path.iterdir()) == [target]
+
+    def torch_save_on_a_full_disk(obj, handle):
+        handle.write(b"PK" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 3456 vs 3344")
+
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    with pytest.raises(AtomicWriteError, match="cannot write .*checkpoint.pt: .*unexpected pos"):
+        atomic_save({"model": {}}, tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_torn_log_line_does_not_block_resume(tmp_path, caplog):
+    """A torn last line in log.jsonl blocked resume with an error that did not name the file."""
+    from xraygpt.training.metrics_log import JsonlLog
+
+    log = JsonlLog(tmp_path / "log.jsonl")
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    with (tmp_path / "log.jsonl").open("a") as handle:
+        handle.write('{"step": 4, "lo')
+    log.truncate_after(2)
+    assert [r["step"] for r in log.read()] == [1, 2]
+    with (tmp_path / "log.jsonl").open("a") as handle:
+        handle.write('{"step": 3, "lo')
+    log.write({"step": 3, "loss": 0.3})
+    assert [r["step"] for r in log.read()] == [1, 2, 3]
+    append_lines(tmp_path / "x.jsonl", ["a"])
+    assert (tmp_path / "x.jsonl").read_text() == "a\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xraygpt.errors import first_line
+
 
 def add_config_arguments(parser: argparse.ArgumentParser, cfg_help: str, options_help: str) -> None:
     """--cfg-path (required), --options KEY=VALUE..., --print-config."""
@@ -19,5 +21,5 @@ def startup_error(exc: BaseException, debug: bool) -> int:
     """Print `error: <first line of exc>` to stderr and return exit status 2; with `debug`, re-raise."""
     if debug:
         raise exc
-    print(f"error: {(str(exc) or type(exc).__name__).splitlines()[0]}", file=sys.stderr)
+    print(f"error: {first_line(exc)}", file=sys.stderr)
     return 2

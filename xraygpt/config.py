@@ -31,6 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from xraygpt import components, registry
+from xraygpt.errors import first_line
 
 # Constructor arguments that builders pass as objects, never read from config.
 INJECTED = {
@@ -93,7 +94,7 @@ def _fail(exc: Exception, prefix: str, node: Any) -> ConfigError:
         return ConfigError(f"unknown config key {full!r}{hint_text}")
     if isinstance(exc, MissingMandatoryValue):
         return ConfigError(f"missing required config key {full!r}")
-    msg = str(exc).splitlines()[0]
+    msg = first_line(exc)
     return ConfigError(f"bad value for config key {full!r}: {msg}")
 
 
@@ -241,7 +242,7 @@ def load_config(cfg_path: str | Path, options: list[str] | None = None,
     try:
         user = OmegaConf.load(path)
     except Exception as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
     if options:
         bad = [o for o in options if "=" not in o]
         if bad:
@@ -249,5 +250,5 @@ def load_config(cfg_path: str | Path, options: list[str] | None = None,
         try:
             user = OmegaConf.merge(user, OmegaConf.from_dotlist(list(options)))
         except OmegaConfBaseException as exc:
-            raise ConfigError(f"bad --options: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"bad --options: {first_line(exc)}") from None
     return validate(user, required, settings)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xraygpt.errors import first_line
 from xraygpt.evaluation.chexpert_rules import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
 from xraygpt.evaluation.clinical import clinical_efficacy
 
@@ -129,5 +130,5 @@ def run_plugins(predictions: list[str], references: list[str], paths: dict[str, 
                 out[name] = runner(predictions, references, Path(path), device)
             except Exception as exc:  # a plug-in must not lose the other metrics
                 logger.warning("plug-in %s failed: %s", name, exc)
-                out[name] = f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                out[name] = f"failed: {first_line(exc)}"
     return out

@@ -34,6 +34,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from xraygpt.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -112,7 +114,7 @@ def load_llm(path: str, dtype: str = "auto", attn_implementation: str = "sdpa",
             str(folder), dtype=torch_dtype, attn_implementation=attn_implementation, local_files_only=True, **placement
         )
     except Exception as exc:
-        raise LLMLoadError(f"cannot load the LLM in {folder}: {str(exc).splitlines()[0]}") from exc
+        raise LLMLoadError(f"cannot load the LLM in {folder}: {first_line(exc)}") from exc
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise LLMLoadError(
             f"LLM in {folder} has {model.get_input_embeddings().num_embeddings} embeddings but its "

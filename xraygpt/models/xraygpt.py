@@ -108,18 +108,25 @@ class XrayGPT(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
-        """Load weights written by `trainable_state_dict`; every trainable weight must be present."""
+        """Load weights written by `trainable_state_dict`: every trainable weight must be present, and no
+        other weight (a frozen weight in a checkpoint would silently overwrite the frozen model)."""
         own = self.state_dict()
         unknown = [k for k in state if k not in own]
         if unknown:
             raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}")
+        wanted = set(self.trainable_state_dict())
+        frozen = [k for k in state if k not in wanted]
+        if frozen:
+            hint = (" (a stage-0 checkpoint? point model.llm.path at its hf_model folder)" if frozen[0].startswith("llm.")
+                    else "")
+            raise ValueError(f"checkpoint {source} holds {len(frozen)} weights this model keeps frozen, first "
+                             f"{frozen[0]}: loading it would overwrite them{hint}")
         code = int(state.get(self.NORM_KEY, torch.tensor(0)))
         trained_norm = NORM_MODES[code] if 0 <= code < len(NORM_MODES) else f"unknown ({code})"
         if trained_norm != self.projector.norm:
             raise ValueError(f"checkpoint {source} was trained with model.projector_norm={trained_norm}; "
                              f"set the same value to load it")
         state = {**state, self.NORM_KEY: own[self.NORM_KEY]}
-        wanted = set(self.trainable_state_dict())
         missing = sorted(wanted - set(state))
         if missing:
             raise ValueError(f"checkpoint {source} lacks trainable weight {missing[0]}")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from xraygpt.atomic import atomic_write
+from xraygpt.errors import first_line
 
 
 class CheckpointError(ValueError):
@@ -59,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {file}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot read checkpoint {file}: {first_line(exc)}") from exc
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"checkpoint {file} has no 'model' weights")
     return ckpt

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -59,6 +60,18 @@ class RunError(ValueError):
 def _to_device(batch: dict, device: torch.device) -> dict:
     non_blocking = device.type == "cuda"
     return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def run_identity(config_yaml: str, model) -> dict:
+    """What a checkpoint must share with the run that resumes it: the task, the model class and
+    the training data (each dataset's root)."""
+    try:
+        cfg = yaml.safe_load(config_yaml) or {}
+    except yaml.YAMLError:
+        cfg = {}
+    datasets = cfg.get("datasets") if isinstance(cfg.get("datasets"), dict) else {}
+    return {"task": (cfg.get("run") or {}).get("task"), "model": type(model).__name__,
+            "datasets": {name: (ds or {}).get("root") for name, ds in sorted(datasets.items())}}
 
 
 def _single_threaded_worker(worker_id: int) -> None:
@@ -85,7 +98,8 @@ class IterRunner:
         num_workers: DataLoader worker processes per rank.
         log_freq: log every this many steps (and the first and last).
         save_freq_steps: also checkpoint every this many steps (0 = only at epoch ends).
-        resume_ckpt_path: a checkpoint of this run to continue from.
+        resume_ckpt_path: a checkpoint of this run to continue from (refused when another run wrote
+            it: other task, model class or training data; or when it is at the last step).
         sample_generations: summaries generated at the end and written to samples.jsonl.
         max_new_tokens, num_beams: generation settings for those samples.
         group_by_length: micro-batches of draws of similar token length (map-style training sets).
@@ -153,7 +167,10 @@ class IterRunner:
         self.device = dist.device
         self.amp_dtype = model.llm_dtype if (amp and self.device.type == "cuda" and model.llm_dtype != torch.float32) else None
         self.ckpt_dir = self.output_dir / "checkpoints"
+        self.identity = run_identity(config, model)
         self.resume_state = read_checkpoint(resume_ckpt_path) if resume_ckpt_path else None
+        if self.resume_state is not None:
+            self._check_resumable(self.resume_state)
         if self.resume_state is None and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
             raise RunError(
                 f"output_dir {self.output_dir} already holds checkpoints; set run.resume_ckpt_path="
@@ -195,12 +212,30 @@ class IterRunner:
             "total_steps": self.total_steps,
             "rng": rng,  # one state per rank, in rank order
             "config": self.config_yaml,
+            "identity": self.identity,
         }
         path = self.ckpt_dir / f"checkpoint_{step:07d}.pt"
         atomic_save(state, path)
         atomic_save(state, self.ckpt_dir / "checkpoint_last.pt")
         logger.info("checkpoint written: %s", path)
         return path
+
+    def _check_resumable(self, state: dict) -> None:
+        """Refuse a checkpoint of another run (task, model, data) or one with nothing left to train."""
+        theirs = state.get("identity")
+        if not isinstance(theirs, dict) and isinstance(state.get("config"), str):
+            theirs = run_identity(state["config"], self.model)  # checkpoints written before identities
+        if isinstance(theirs, dict):
+            changed = [key for key in ("task", "model", "datasets") if theirs.get(key) != self.identity[key]]
+            if changed:
+                key = changed[0]
+                raise RunError(f"checkpoint {self.resume_ckpt_path} was written by another run ({key} {theirs.get(key)}, "
+                               f"this run: {self.identity[key]}); run.resume_ckpt_path continues the run that wrote it: "
+                               f"to start this run from its weights, set model.ckpt instead")
+        step = int(state.get("step", 0))
+        if step >= self.total_steps:
+            raise RunError(f"checkpoint {self.resume_ckpt_path} is at step {step} and this run plans {self.total_steps} "
+                           f"steps (run.max_epoch x run.iters_per_epoch): nothing is left to train")
 
     def _restore(self) -> int:
         state = self.resume_state

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
+from xraygpt.errors import first_line
 
 RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 DICOM_PREAMBLE = 128  # a DICOM file holds b"DICM" after a 128-byte preamble
@@ -57,7 +58,7 @@ def _read_raster(path: Path, max_pixels: int, min_side: int, name: str) -> Image
     try:
         return decode_image(path, max_pixels)
     except DECODE_ERRORS as exc:
-        raise UploadError(f"{name} is a damaged {kind} image ({str(exc).splitlines()[0]}).") from None
+        raise UploadError(f"{name} is a damaged {kind} image ({first_line(exc)}).") from None
 
 
 def _read_dicom(path: Path, max_pixels: int, min_side: int, name: str) -> Image.Image:
@@ -72,7 +73,7 @@ def _read_dicom(path: Path, max_pixels: int, min_side: int, name: str) -> Image.
         ds = pydicom.dcmread(path)
         width, height = int(ds.Columns), int(ds.Rows)
     except (InvalidDicomError, AttributeError, *DECODE_ERRORS) as exc:
-        raise UploadError(f"{name} is a DICOM file without a readable image ({str(exc).splitlines()[0]}).") from None
+        raise UploadError(f"{name} is a DICOM file without a readable image ({first_line(exc)}).") from None
     _check_size(width, height, max_pixels, min_side, name)
     try:
         arr = ds.pixel_array
@@ -83,7 +84,7 @@ def _read_dicom(path: Path, max_pixels: int, min_side: int, name: str) -> Image.
         else:
             arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
     except Exception as exc:  # pydicom's pixel handlers raise many types (missing codec, bad length, ...)
-        raise UploadError(f"cannot decode the pixels of DICOM file {name} ({str(exc).splitlines()[0]}).") from None
+        raise UploadError(f"cannot decode the pixels of DICOM file {name} ({first_line(exc)}).") from None
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         arr = arr.max() - arr
