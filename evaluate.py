@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def evaluated_splits(cfg) -> dict:
     """The `datasets` section with each `root` (and `split`) as the held-out split `build_datasets` reads."""
-    datasets = OmegaConf.to_container(cfg.datasets)
+    datasets = OmegaConf.to_container(cfg.datasets, resolve=True)
     for name, ds in datasets.items():
         if ds["eval_root"]:
             raise ValueError(f"datasets.{name}.eval_root is not read by evaluate.py: put the split to evaluate in "
@@ -64,7 +64,7 @@ def evaluate(cfg) -> str | None:
     datasets = evaluated_splits(cfg)
     model = builders.build_model(cfg.model, cfg.evaluation.seed)
     dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer)
-    evaluator = ReportEvaluator(model=model, **OmegaConf.to_container(cfg.evaluation))
+    evaluator = ReportEvaluator(model=model, **OmegaConf.to_container(cfg.evaluation, resolve=True))
     return evaluator.run(dataset, [Path(ds["root"]) for ds in datasets.values()])
 
 

@@ -10,8 +10,10 @@ import os
 import socket
 import subprocess
 import sys
+import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -332,3 +334,32 @@ def test_flags_override_the_config(demo_yaml, capsys):
 def test_demo_configs_validate(path):
     settings = demo_settings(load_demo_config(path))
     assert settings.host == "127.0.0.1" and not settings.share
+
+
+def test_only_example_images_are_served_and_uploads_are_deleted(tiny_model, tiny_assets, xray, tmp_path, monkeypatch):
+    """The whole examples folder was served (an .html placed there came back inline), and uploads
+    were never deleted from Gradio's temporary folder."""
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    shutil.copy(xray, examples / "a.png")
+    (examples / "page.html").write_text("<script>alert(1)</script>")
+    (examples / "notes.txt").write_text("private")
+    uploads = tmp_path / "gradio-tmp"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    with running_demo(tiny_model, max_new_tokens=2, examples=(str(examples),), delete_uploads_after_s=1) as url:
+        def status(path):
+            try:
+                return urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status(examples / "a.png") == 200
+        assert status(examples / "page.html") >= 400 and status(examples / "notes.txt") >= 400
+        upload(Client(url, verbose=False), xray)
+        stored = [p for p in uploads.rglob("*") if p.is_file()]
+        assert stored, "the upload should have been stored under GRADIO_TEMP_DIR"
+        deadline = time.monotonic() + 20
+        while any(p.exists() for p in stored) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(p.exists() for p in stored), (stored, os.environ.get("GRADIO_TEMP_DIR"))
+    assert (examples / "a.png").is_file()

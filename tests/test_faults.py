@@ -222,3 +222,42 @@ def test_torn_log_line_does_not_block_resume(tmp_path, caplog):
     assert [r["step"] for r in log.read()] == [1, 2, 3]
     append_lines(tmp_path / "x.jsonl", ["a"])
     assert (tmp_path / "x.jsonl").read_text() == "a\n"
+
+
+def test_control_characters_are_removed_from_captions_and_counted(tmp_path):
+    """NUL/ESC/bidi control characters in reports were kept in captions and echoed to logs."""
+    from test_summary_fidelity import NORMAL, _xml, placeholder_images
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "1.xml").write_bytes(_xml(1, NORMAL.replace("heart", "he\u202eart") + " \u2066No effusion.",
+                                         "No acute \u200bdisease."))
+    out = tmp_path / "out"
+    assert prepare_main(["openi", "--reports", str(reports), "--images", str(placeholder_images(reports, tmp_path / "png")),
+                         "--out", str(out), "--fractions", "1", "0", "0"]) == 0
+    caption = json.loads((out / "train" / "filter_cap.json").read_text())["annotations"][0]["caption"]
+    assert not any(ch in caption for ch in "\u2066\u202e\u200b")
+    assert json.loads((out / "stats.json").read_text())["control_characters_removed"] == {"reports": 1, "characters": 3}
+    # text reports (MIMIC-CXR) can carry any byte: NUL and terminal escapes go too
+    from xraygpt.data.prepare.sections import remove_controls
+
+    sections = {"findings": "Small\x00 left \x1b[31meffusion.\tNo pneumothorax.", "impression": "Effusion."}
+    assert remove_controls(sections) == 2
+    assert sections == {"findings": "Small left [31meffusion. No pneumothorax.", "impression": "Effusion."}
+
+
+def test_environment_values_stay_off_disk(tiny_assets, tmp_path, monkeypatch, capsys):
+    """`${oc.env:VAR}` values were written resolved into config.yaml and every checkpoint."""
+    import torch
+    import yaml
+
+    out = tmp_path / "secret-output-folder"
+    monkeypatch.setenv("XRAYGPT_TEST_OUT", str(out))
+    cfg = tiny_config(tiny_assets, out)
+    cfg["run"]["output_dir"] = "${oc.env:XRAYGPT_TEST_OUT}"
+    assert train.main(["--cfg-path", str(write_yaml(cfg, tmp_path / "c.yaml"))]) == 0
+    written = (out / "config.yaml").read_text()
+    assert "secret-output-folder" not in written and "${oc.env:XRAYGPT_TEST_OUT}" in written
+    assert yaml.safe_load(written)["run"]["output_dir"] == "${oc.env:XRAYGPT_TEST_OUT}"
+    ckpt = torch.load(out / "checkpoints" / "checkpoint_last.pt", weights_only=True)
+    assert "secret-output-folder" not in ckpt["config"]

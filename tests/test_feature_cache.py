@@ -139,3 +139,17 @@ def test_bad_caches_and_outputs_are_refused_in_one_line(caches, tiny_assets, tmp
     cfg = load_config(write_yaml(mixed, tmp_path / "m.yaml"))
     with pytest.raises(DatasetError, match="either all or none of the training datasets"):
         builders.build_datasets(cfg.datasets, 0, "train")
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(caches, tmp_path, caplog):
+    """A killed feature_cache left a hidden temporary folder beside the cache for ever."""
+    stale = tmp_path / ".cache.abc123.tmp"
+    stale.mkdir()
+    (stale / ".features-000000.safetensors.tmp").write_bytes(b"half a shard")
+    unrelated = tmp_path / ".other.abc123.tmp"
+    unrelated.mkdir()
+    with caplog.at_level("WARNING"):
+        assert _make_cache(caches["cfg"], tmp_path / "cache") == 0
+    assert not stale.exists() and unrelated.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc123.tmp", "cache"]
+    assert "the unfinished build of a killed run" in caplog.text

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def _kwargs(section: Any) -> dict:
     """A config section as a plain, mutable dict."""
-    return dict(OmegaConf.to_container(section) if isinstance(section, DictConfig) else section)
+    return dict(OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section)
 
 
 def build_processor(section: Any):

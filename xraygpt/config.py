@@ -251,4 +251,19 @@ def load_config(cfg_path: str | Path, options: list[str] | None = None,
             user = OmegaConf.merge(user, OmegaConf.from_dotlist(list(options)))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"bad --options: {first_line(exc)}") from None
-    return validate(user, required, settings)
+    cfg = validate(user, required, settings)
+    for key, interpolation in env_interpolations(OmegaConf.to_container(user, resolve=False)):
+        OmegaConf.update(cfg, key, interpolation, force_add=True)
+    return cfg
+
+
+def env_interpolations(node: object, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every value of a raw config that reads an environment variable
+    (`${oc.env:VAR}`).  `load_config` puts these back, unresolved, into the validated config:
+    they resolve when read, and the YAML written to config.yaml and to checkpoints keeps the
+    interpolation, not the value (a secret in an environment variable stays off disk)."""
+    if isinstance(node, dict):
+        return [pair for key, value in node.items() for pair in env_interpolations(value, f"{prefix}{key}.")]
+    if isinstance(node, str) and "${oc.env:" in node:
+        return [(prefix.rstrip("."), node)]
+    return []

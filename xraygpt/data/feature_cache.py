@@ -246,6 +246,10 @@ def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.Pa
     if target.exists():
         raise FeatureCacheError(f"feature cache folder {target} already exists; choose a new --out")
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed build of the same cache
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            logger.warning("removed %s, the unfinished build of a killed run", stale)
     record = encoder_record(encoder)
     encoder = encoder.to(device).eval()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))

@@ -113,7 +113,8 @@ class XrayGPT(nn.Module):
         own = self.state_dict()
         unknown = [k for k in state if k not in own]
         if unknown:
-            raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}")
+            hint = " (a stage-0 checkpoint? point model.llm.path at its hf_model folder)" if unknown[0].startswith("llm.") else ""
+            raise ValueError(f"checkpoint {source} has a weight this model does not define: {unknown[0]}{hint}")
         wanted = set(self.trainable_state_dict())
         frozen = [k for k in state if k not in wanted]
         if frozen:

@@ -13,10 +13,15 @@ message starting with `NOTICE` (failures are also logged with their traceback).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import logging
+import os
+import shutil
+import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -165,6 +170,7 @@ class Handlers:
         except Exception as exc:
             logger.exception("could not process the upload %s", file)
             problem = f"Could not process {Path(file).name!r} ({type(exc).__name__})."
+
         if problem:
             user.session.reset()
             user.messages.append(notice(f"{problem} No image is loaded now."))
@@ -199,11 +205,56 @@ class Handlers:
         return [], None, None, "", user
 
 
+class UploadSweeper:
+    """Gradio's upload folder made private to this server and swept: a new folder for this process
+    (inside GRADIO_TEMP_DIR when set), where every file older than `age` seconds is deleted, checked
+    every `age` seconds (a daemon thread), and which is removed when the process exits.  Gradio's
+    own `delete_cache` misses raw uploads; a folder of our own can be swept without touching
+    files of other Gradio servers."""
+
+    def __init__(self, age: int):
+        parent = os.environ.get("GRADIO_TEMP_DIR") or None
+        if parent:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="xraygpt-demo-uploads-", dir=parent))
+        os.environ["GRADIO_TEMP_DIR"] = str(self.folder)
+        self.age = age
+        atexit.register(shutil.rmtree, self.folder, True)
+        threading.Thread(target=self._run, name="upload-sweeper", daemon=True).start()
+
+    def sweep(self) -> int:
+        """Delete the files older than `age`; returns how many."""
+        now, removed = time.time(), 0
+        for path in self.folder.rglob("*"):
+            try:
+                if path.is_file() and now - path.stat().st_mtime > self.age:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.age)
+            removed = self.sweep()
+            if removed:
+                logger.info("deleted %d uploaded files older than %d s from %s", removed, self.age, self.folder)
+
+
+_SWEEPER: UploadSweeper | None = None
+
+
 def build_app(model, settings: DemoSettings) -> gr.Blocks:
-    """The demo's Blocks (not launched) over `model`, an `XrayGPT` in eval mode on its device."""
+    """The demo's Blocks (not launched) over `model`, an `XrayGPT` in eval mode on its device; its
+    uploads go to a swept folder of this process (`UploadSweeper`)."""
+    global _SWEEPER
+    if _SWEEPER is None or _SWEEPER.age != settings.delete_uploads_after_s or not _SWEEPER.folder.is_dir():
+        _SWEEPER = UploadSweeper(settings.delete_uploads_after_s)
     handlers = Handlers(model, settings)
     window = settings.context_window or model.llm.config.max_position_embeddings
-    with gr.Blocks(title="XrayGPT demo", analytics_enabled=False) as app:
+    age = settings.delete_uploads_after_s
+    with gr.Blocks(title="XrayGPT demo", analytics_enabled=False, delete_cache=(age, age)) as app:
         gr.Markdown("# XrayGPT: chest X-ray summaries and questions")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         state = gr.State(None)
@@ -252,7 +303,8 @@ def build_app(model, settings: DemoSettings) -> gr.Blocks:
 
 def launch(app: gr.Blocks, settings: DemoSettings, block: bool = True) -> None:
     """Serve `app` on settings.host:port and log its address; returns at once with `block=False` (tests)."""
-    allowed = [str(Path(p).resolve()) for p in settings.examples if Path(p).exists()]
+    # only the example image files themselves are served, never the rest of their folders
+    allowed = [str(p.resolve()) for p in example_images(settings.examples, settings.num_examples)]
     app.launch(
         server_name=settings.host, server_port=settings.port, share=settings.share, auth=settings.auth(),
         max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=allowed, prevent_thread_lock=True,

@@ -38,6 +38,9 @@ class DemoSettings:
         max_upload_mb: larger uploads are refused by the server before they are stored.
         examples: folders (or files) of example images; missing ones are skipped.
         num_examples: images taken from each example folder (sorted by name).
+        delete_uploads_after_s: uploads (and other files the server stores) older than this are
+            deleted from the demo's own upload folder, checked as often; the folder is removed
+            when the process exits (`xraygpt.ui.app.UploadSweeper`).
     """
 
     host: str = "127.0.0.1"
@@ -58,10 +61,11 @@ class DemoSettings:
     max_upload_mb: int = 200
     examples: tuple[str, ...] = ("dataset/embedded/data/openi/test/image", "../shared/data/openi-sample/image")
     num_examples: int = 4
+    delete_uploads_after_s: int = 3600
 
     def __post_init__(self):
         for key in ("concurrency_limit", "max_queue_size", "max_new_tokens", "num_beams", "max_image_pixels",
-                    "max_upload_mb", "min_image_side"):
+                    "max_upload_mb", "min_image_side", "delete_uploads_after_s"):
             if getattr(self, key) < 1:
                 raise ValueError(f"demo.{key} must be at least 1, got {getattr(self, key)}")
         if not 0 <= self.port <= 65535:
@@ -96,5 +100,5 @@ def load_demo_config(cfg_path: str | Path, options: list[str] | None = None) -> 
 
 def demo_settings(cfg: DictConfig) -> DemoSettings:
     """The `demo` section of a loaded config as a DemoSettings."""
-    section = OmegaConf.to_container(cfg.demo)
+    section = OmegaConf.to_container(cfg.demo, resolve=True)
     return DemoSettings(**{**section, "examples": tuple(section["examples"])})

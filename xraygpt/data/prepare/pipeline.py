@@ -1,6 +1,6 @@
 """Steps shared by the MIMIC-CXR and OpenI preparations, and the output they write.
 
-Reports (with their images) go through: read -> the paper's filters -> the rule summary
+Reports (with their images) go through: read -> control characters removed (counted) -> the paper's filters -> the rule summary
 (`xraygpt.data.prepare.cleaning`) -> the labeler guard (`xraygpt.data.prepare.guard`).  Images then go through: report kept -> (source-specific
 steps) -> image file exists -> image header readable; reports left without an image are
 dropped last.  Every step is recorded in a `PrepareStats`.
@@ -33,6 +33,7 @@ from xraygpt.data.prepare.cleaning import Cleaned, clean_summary, filter_reason
 from xraygpt.data.prepare.fidelity import fidelity_table, source_text
 from xraygpt.data.prepare.guard import guard_summary
 from xraygpt.data.prepare.llm_summary import LLMSummarizer, apply_llm_summaries
+from xraygpt.data.prepare.sections import remove_controls
 from xraygpt.data.prepare.splits import SPLITS
 from xraygpt.data.prepare.stats import PrepareStats
 
@@ -82,6 +83,10 @@ def summarise(reports: list[Report], stats: PrepareStats, summarizer: "LLMSummar
     """The reports that are readable, pass the paper's filters and keep a non-empty guarded summary
     (the rule summary, or the LLM's where `summarizer` is given and its answer passes the guard)."""
     reports = stats.step("report readable", "report", reports, lambda r: r.error, lambda r: r.report_id)
+    for report in reports:
+        removed = remove_controls(report.sections)
+        if removed:
+            stats.control_characters.update(reports=1, characters=removed)
     reports = stats.step("paper filters", "report", reports, lambda r: filter_reason(r.sections), lambda r: r.report_id)
     for report in reports:
         findings, impression = report.sections["findings"], report.sections["impression"]

@@ -56,6 +56,23 @@ def canonical_sections(name: str) -> tuple[str, ...]:
     return (close[0],) if close else ()
 
 
+# C0/C1 controls (tab, line breaks aside), zero-width and bidirectional formatting characters, BOM:
+# invisible in a report, harmful in a caption (terminal escapes in logs, text that reads reversed).
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+
+
+def remove_controls(sections: dict[str, str]) -> int:
+    """Remove `CONTROL_CHARACTERS` from every section in place (a removed one becomes a space where
+    it stood between two words); returns how many were removed."""
+    removed = 0
+    for name, text in sections.items():
+        clean, n = CONTROL_CHARACTERS.subn(" ", text)
+        if n:
+            sections[name] = collapse(clean)
+            removed += n
+    return removed
+
+
 def collapse(text: str) -> str:
     return " ".join(text.split())
 

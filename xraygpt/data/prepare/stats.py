@@ -8,6 +8,7 @@
      "rewrite_rules": {"comparison: change word": 230, ...},    rules that changed a kept sentence
      "guard": {"Pleural Effusion": {"lost": 2, "restored": 2, "gained": 0, "removed": 0}, ...},
      "fidelity": {...},                                         `xraygpt.data.prepare.fidelity`
+     "control_characters_removed": {"reports": 2, "characters": 5},   NUL, ESC, bidi controls, ...
      "llm": {"llm summary used": 90, "rule summary kept: lost Edema": 3, "generated": 93, ...}
                                           (only with --summarizer llm: `xraygpt.data.prepare.llm_summary`)
      "outputs": {"train": {"reports": 68, "images": 131}, ...},
@@ -45,6 +46,7 @@ class PrepareStats:
         self.guard_events: Counter[tuple[str, str]] = Counter()
         self.fidelity: dict | None = None
         self.llm: Counter[str] = Counter()
+        self.control_characters: Counter[str] = Counter()
         self.outputs: dict[str, dict[str, int]] = {}
         self._first_in: dict[str, int] = {}
         self._last_out: dict[str, int] = {}
@@ -88,6 +90,8 @@ class PrepareStats:
             "rewrite_rules": dict(self.rewrite_rules.most_common()),
             "guard": self.guard_table(), **({"fidelity": self.fidelity} if self.fidelity is not None else {}),
             **({"llm": dict(self.llm.most_common())} if self.llm else {}),
+            "control_characters_removed": {"reports": self.control_characters["reports"],
+                                           "characters": self.control_characters["characters"]},
             "outputs": self.outputs, "dropped": self.dropped,
         }
 
