@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = demo_settings(cfg)
         settings.auth()  # a bad auth file fails here, before the model loads
         model = builders.build_model(cfg.model).to(resolve_device(settings.device)).eval()
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         return startup_error(exc, args.debug)
     from xraygpt.ui.app import build_app, launch  # Gradio is imported only to serve
 

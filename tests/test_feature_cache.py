@@ -153,3 +153,19 @@ def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(caches, t
     assert not stale.exists() and unrelated.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc123.tmp", "cache"]
     assert "the unfinished build of a killed run" in caplog.text
+
+
+def test_a_manifest_listing_a_shard_outside_its_folder_is_refused(caches, tmp_path):
+    import shutil
+
+    from xraygpt.data.feature_cache import FeatureCacheError, FeatureCache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(caches["float32"], cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(cache / manifest["shards"][0]["file"], outside)
+    manifest["shards"][0]["file"] = "../elsewhere.safetensors"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FeatureCacheError, match="lists a shard outside its folder"):
+        FeatureCache(cache)

@@ -62,6 +62,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from xraygpt.data.formats import DatasetError, read_json
+from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.transforms import DECODE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ class FeatureCache:
             shards = [(str(s["file"]), int(s["samples"])) for s in manifest["shards"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatureCacheError(f"feature cache manifest {self.root / MANIFEST} is malformed: {exc!r}") from None
+        for file, _ in shards:  # a manifest may only name files inside its folder
+            try:
+                safe_name(file)
+            except UnsafePath as exc:
+                raise FeatureCacheError(f"feature cache manifest {self.root / MANIFEST} lists a shard outside its "
+                                        f"folder: {exc}") from None
         missing = [f for f, _ in shards if not (self.root / f).is_file()]
         if missing:
             raise FeatureCacheError(f"feature cache {self.root}: shard {missing[0]} is missing")
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                              collate_fn=list, pin_memory=device.type == "cuda",
                                              worker_init_fn=_single_threaded_worker)
         write_feature_cache(encoder, loader, args.out, source, args.dtype, args.shard_size, device, total=len(items))
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

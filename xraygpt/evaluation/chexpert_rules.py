@@ -217,14 +217,21 @@ def read_reports(path: Path, field: str) -> list[str]:
     """Reports of a filter_cap.json (captions), a .jsonl (`field` of each line) or a text file (one per line)."""
     if not path.is_file():
         raise FileNotFoundError(f"report file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        annotations = json.loads(text).get("annotations")
-        if not isinstance(annotations, list):
-            raise ValueError(f"{path} has no 'annotations' list")
-        return [str(a.get("caption", "")) for a in annotations if isinstance(a, dict)]
-    if path.suffix == ".jsonl":
-        return [str(json.loads(line).get(field) or "") for line in text.splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+            annotations = data.get("annotations") if isinstance(data, dict) else None
+            if not isinstance(annotations, list):
+                raise ValueError(f"{path} has no 'annotations' list")
+            return [str(a.get("caption", "")) for a in annotations if isinstance(a, dict)]
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [str(row.get(field) or "") if isinstance(row, dict) else "" for row in rows]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not readable UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{path} is nested too deeply to read") from exc
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reports = read_reports(args.file, args.field)
         labeler = ChexpertRuleLabeler(args.phrases_dir)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     start = time.perf_counter()

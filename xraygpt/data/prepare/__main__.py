@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stats = prepare_shards(args.format, Path(args.root), out, args.split, args.ann_file, args.image_dir,
                                    args.maxcount, args.maxsize_mb * 1_000_000, not args.no_verify_images)
-    except (PrepareError, DatasetError, LLMLoadError, ValueError) as exc:
+    except (PrepareError, DatasetError, LLMLoadError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(stats)))
