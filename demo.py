@@ -11,16 +11,15 @@ import logging
 import os
 import sys
 
+from xraygpt import runtime  # noqa: E402  (before transformers and gradio read the environment)
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+runtime.offline_environment()
 
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
-from xraygpt.training.distributed import resolve_device  # noqa: E402
 from xraygpt.ui.settings import demo_settings, load_demo_config  # noqa: E402
 
 # demo.<key> set by the flag of the same name when given
@@ -42,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    runtime.setup_logging(0)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes of 127.0.0.1
     flags = [f"demo.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
     flags += ["demo.share=true"] if args.share else []
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         settings = demo_settings(cfg)
         settings.auth()  # a bad auth file fails here, before the model loads
-        model = builders.build_model(cfg.model).to(resolve_device(settings.device)).eval()
+        model = builders.build_model(cfg.model).to(runtime.resolve_device(settings.device)).eval()
     except (ValueError, KeyError, OSError) as exc:
         return startup_error(exc, args.debug)
     from xraygpt.ui.app import build_app, launch  # Gradio is imported only to serve

@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from xraygpt import runtime  # noqa: E402  (before transformers reads the environment)
+
+runtime.offline_environment()
 
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -23,7 +23,6 @@ from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
-from xraygpt.training import distributed  # noqa: E402
 
 ERRORS = (ValueError, KeyError, OSError, ImportError)
 
@@ -70,7 +69,7 @@ def evaluate(cfg) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    distributed.setup_logging(int(os.environ.get("RANK", "0")))
+    runtime.setup_logging(int(os.environ.get("RANK", "0")))
     try:
         if getattr(args, "command", None) == "compare":
             table = compare_predictions(args.predictions, args.names, args.phrases_dir)[0]
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except ERRORS as exc:
         return startup_error(exc, args.debug)
     finally:
-        distributed.cleanup()
+        runtime.cleanup()
     if table:
         sys.stdout.write(table.rstrip("\n") + "\n")
     return 0

@@ -9,16 +9,15 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from xraygpt import runtime  # noqa: E402  (before transformers reads the environment)
+
+runtime.offline_environment()
 
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
-from xraygpt.training import distributed  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    distributed.setup_logging(int(os.environ.get("RANK", "0")))
+    runtime.setup_logging(int(os.environ.get("RANK", "0")))
     try:
         cfg = load_config(args.cfg_path, args.options)
         if args.print_config:
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, OSError) as exc:
         return startup_error(exc, args.debug)
     finally:
-        distributed.cleanup()
+        runtime.cleanup()
     return 0
 
 

@@ -34,7 +34,7 @@ from xraygpt.data.feature_cache import source_items, write_feature_cache  # noqa
 from xraygpt.data.sampler import ResumableSampler  # noqa: E402
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval  # noqa: E402
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config  # noqa: E402
-from xraygpt.training.runner import _single_threaded_worker  # noqa: E402
+from xraygpt.runtime import single_threaded_worker  # noqa: E402
 
 from dataloader_throughput import add_loader_arguments, images_per_second, stack  # noqa: E402  (this folder, on sys.path when run as a script)
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                  if name != "cache"}
         sizes["cache"] = sum(f.stat().st_size for f in sources["cache"].cache.files) / len(sources["cache"])
         common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=stack,
-                      worker_init_fn=_single_threaded_worker, persistent_workers=False)
+                      worker_init_fn=single_threaded_worker, persistent_workers=False)
         print(f"data loading, images/s: {len(sources['files'])} images from {root}, to 224 px (files) or 49 x 768 fp16 "
               f"features (cache); batch {args.batch_size}, {args.workers} workers, {args.images} images per measurement")
         names = list(sources)

@@ -29,7 +29,7 @@ from xraygpt.data.datasets import MixedDataset, build_openi  # noqa: E402
 from xraygpt.data.prepare.to_shards import prepare_shards  # noqa: E402
 from xraygpt.data.sampler import ResumableSampler  # noqa: E402
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval  # noqa: E402
-from xraygpt.training.runner import _single_threaded_worker  # noqa: E402
+from xraygpt.runtime import single_threaded_worker  # noqa: E402
 
 
 def stack(samples: list[dict]) -> torch.Tensor:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_shards("xraygpt", args.root, Path(tmp) / "shards", "train", None, None, per_shard, 10**9, False)
         shards = build_openi(str(Path(tmp) / "shards"), processor, text, format="webdataset", prompt_path=prompts)
         common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=stack,
-                      worker_init_fn=_single_threaded_worker)
+                      worker_init_fn=single_threaded_worker)
         loaders = {
             "json+files": lambda: torch.utils.data.DataLoader(
                 MixedDataset([files], 0), sampler=ResumableSampler(len(files), seed=0), **common),

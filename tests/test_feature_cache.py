@@ -12,6 +12,7 @@ from conftest import tiny_config, write_yaml
 from test_train import _run_in_process
 from xraygpt import builders
 from xraygpt.config import load_config
+import cache_features
 from xraygpt.data import feature_cache
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.prepare.to_shards import prepare_shards
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_cache(cfg_path, out, *extra):
-    return feature_cache.main(["--cfg-path", str(cfg_path), "--out", str(out), "--shard-size", "24",
+    return cache_features.main(["--cfg-path", str(cfg_path), "--out", str(out), "--shard-size", "24",
                                "--num-workers", "0", *extra])
 
 

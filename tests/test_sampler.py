@@ -13,7 +13,7 @@ from xraygpt.data.datasets import MixedDataset, build_mimic
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
 from xraygpt.training.checkpoint import read_checkpoint
-from xraygpt.training.distributed import DistInfo
+from xraygpt.runtime import DistInfo
 from xraygpt.training.runner import IterRunner, RunError
 
 

@@ -18,7 +18,7 @@ from xraygpt.data.datasets import DatasetError
 from xraygpt.evaluation.perplexity import conversation_perplexity
 from xraygpt.models.llm import import_bitsandbytes_offline, load_llm, load_tokenizer
 from xraygpt.training.checkpoint import read_checkpoint
-from xraygpt.training.distributed import DistInfo
+from xraygpt.runtime import DistInfo
 
 
 def stage0_config(llm, data_root, out, finetune="lora", neftune_alpha=0.0, **run):

@@ -12,7 +12,7 @@ from conftest import REPO, run_torchrun, run_until_checkpoint_then_kill, tiny_co
 from xraygpt import builders
 from xraygpt.config import load_config
 from xraygpt.training.checkpoint import read_checkpoint
-from xraygpt.training.distributed import DistInfo
+from xraygpt.runtime import DistInfo
 
 
 def _digest(module: torch.nn.Module) -> str:
@@ -147,18 +147,18 @@ def test_logging_goes_to_the_stderr_of_the_moment(monkeypatch):
     import logging
     import sys
 
-    from xraygpt.training import distributed
+    from xraygpt import runtime
 
     first, second = io.StringIO(), io.StringIO()
     log = logging.getLogger("xraygpt.tests.logging")
     monkeypatch.setattr(sys, "stderr", first)
-    distributed.setup_logging(0)
+    runtime.setup_logging(0)
     log.info("to the first")
     monkeypatch.setattr(sys, "stderr", second)
-    distributed.setup_logging(0)
+    runtime.setup_logging(0)
     first_text = first.getvalue()
     first.close()
     log.info("to the second")
     assert "to the first" in first_text and "to the second" not in first_text
     assert "to the second" in second.getvalue() and "Logging error" not in second.getvalue()
-    assert sum(isinstance(h, distributed.StderrHandler) for h in logging.getLogger().handlers) == 1
+    assert sum(isinstance(h, runtime.StderrHandler) for h in logging.getLogger().handlers) == 1

@@ -2,7 +2,7 @@
 
 They turn config sections into objects through plain constructors with typed arguments:
 `build_distributed`, `build_model`, `build_datasets`, `build_runner`, and for
-`python -m xraygpt.data.feature_cache` `build_feature_cache_job` (the encoder alone + one
+`python cache_features.py` `build_feature_cache_job` (the encoder alone + one
 dataset's images).
 """
 
@@ -110,7 +110,7 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
 
 
 def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
-    """What `python -m xraygpt.data.feature_cache` encodes: (encoder, images, source record).
+    """What `python cache_features.py` encodes: (encoder, images, source record).
 
     The encoder is the model's `encoder` section alone (no LLM is loaded).  The images are
     dataset `dataset`'s `root` (the only dataset when None) in its format, read with its
@@ -168,6 +168,6 @@ def build_runner(cfg: DictConfig, model, train_set, eval_set, dist):
 
 def build_distributed(cfg: DictConfig):
     """Join torchrun's process group (if any) on run.device with run.dist_backend."""
-    from xraygpt.training.distributed import init_distributed
+    from xraygpt.runtime import init_distributed
 
     return init_distributed(cfg.run.device, cfg.run.dist_backend)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from xraygpt import runtime
 from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE, IMAGE_PLACEHOLDER
 from xraygpt.conversation import load_instructions
 from xraygpt.data.synthetic import generate_dataset
@@ -314,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    runtime.offline_environment()
+    runtime.setup_logging(0)
     if args.command == "prepare":
         prepare(Path(args.out), args.seed, args.num_train, args.force, args.prompt_path)
     elif args.command == "evaluate":

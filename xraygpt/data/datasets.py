@@ -18,7 +18,7 @@ for how it splits across ranks and resumes).
 
 With `feature_cache: DIR` (any format) the training set is a map-style `FeatureCaptionDataset`
 that reads the frozen encoder's outputs, ids and captions from a cache made by
-`python -m xraygpt.data.feature_cache` instead of decoding images (`root` is not read; the held-out
+`python cache_features.py` instead of decoding images (`root` is not read; the held-out
 set, `eval_root`, still reads images).  Its samples carry `image_features` (N, D) instead of
 `pixel_values`, and take their instruction from the per-draw RNG exactly as the image path does
 with a deterministic (eval) processor, so a run gives the same losses from the cache as from

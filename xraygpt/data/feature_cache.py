@@ -5,7 +5,7 @@ tokens in every epoch; decoding, preprocessing and encoding it again each time i
 command runs the encoder once over a dataset and stores its outputs; a dataset configured with
 `feature_cache: DIR` then reads them instead of images (`xraygpt.data.datasets.FeatureCaptionDataset`):
 
-    python -m xraygpt.data.feature_cache --cfg-path train_configs/stage1.yaml --out DIR
+    python cache_features.py --cfg-path train_configs/stage1.yaml --out DIR
         [--dataset NAME] [--dtype float16|float32] [--batch-size 64] [--shard-size 4096]
         [--num-workers 4] [--device auto] [--options key=value ...]
 
@@ -44,14 +44,12 @@ the runner calls it before training.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import logging
 import os
 import random
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -101,7 +99,7 @@ class FeatureCache:
         self.root = Path(root)
         if not (self.root / MANIFEST).is_file():
             raise FeatureCacheError(f"feature cache {self.root} has no {MANIFEST} (not a feature cache; "
-                                    "build one with python -m xraygpt.data.feature_cache)")
+                                    "build one with python cache_features.py)")
         manifest = read_json(self.root / MANIFEST, "feature cache manifest")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise FeatureCacheError(f"feature cache manifest {self.root / MANIFEST} is not a {FORMAT} "
@@ -157,7 +155,7 @@ class FeatureCache:
         if have["weights_sha256"] != want["weights_sha256"]:
             raise FeatureCacheError(
                 f"feature cache {self.root} was made by another encoder (weights sha256 {str(have['weights_sha256'])[:12]}, "
-                f"model.encoder has {want['weights_sha256'][:12]}); rebuild it with python -m xraygpt.data.feature_cache")
+                f"model.encoder has {want['weights_sha256'][:12]}); rebuild it with python cache_features.py")
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -311,45 +309,3 @@ def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.Pa
     logger.info("feature cache %s: %d samples in %d shards (%s, %s %d x %d), %d left out", target, len(samples),
                 len(shards), dtype, record["output"], record["num_tokens"], record["dim"], len(dropped))
     return manifest
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m xraygpt.data.feature_cache", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg-path", required=True, help="training YAML whose model.encoder and dataset to use")
-    parser.add_argument("--out", required=True, help="new folder for the cache")
-    parser.add_argument("--dataset", default=None, help="dataset name in the config (needed when it lists several)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype (default float16)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
-    parser.add_argument("--shard-size", type=int, default=4096, help="images per safetensors file")
-    parser.add_argument("--num-workers", type=int, default=4, help="data-loader workers decoding images")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when available), cpu, cuda:0, ...")
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from xraygpt import builders
-    from xraygpt.config import load_config
-    from xraygpt.training.distributed import resolve_device, setup_logging
-    from xraygpt.training.runner import _single_threaded_worker
-
-    setup_logging(0)
-    try:
-        cfg = load_config(args.cfg_path, args.options)
-        encoder, dataset, source = builders.build_feature_cache_job(cfg, args.dataset)
-        device = resolve_device(args.device)
-        items = source_items(dataset)
-        loader = torch.utils.data.DataLoader(items, batch_size=args.batch_size, num_workers=args.num_workers,
-                                             collate_fn=list, pin_memory=device.type == "cuda",
-                                             worker_init_fn=_single_threaded_worker)
-        write_feature_cache(encoder, loader, args.out, source, args.dtype, args.shard_size, device, total=len(items))
-    except (ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xraygpt import runtime
+
 logger = logging.getLogger(__name__)
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "pneumothorax", "nodule")
@@ -917,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prevalence", type=float, default=0.35, help="per-finding probability")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime.setup_logging(0, getattr(logging, args.log_level.upper(), logging.INFO))
     counts = generate_dataset(
         args.root,
         num_train=args.num_train,

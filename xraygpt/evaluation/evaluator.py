@@ -43,7 +43,7 @@ from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_re
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
 from xraygpt.evaluation.vllm_engine import VLLMEngine, check_decoding, check_supported
-from xraygpt.training import distributed
+from xraygpt import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -190,14 +190,14 @@ class ReportEvaluator:
             if not self.restart:
                 raise StaleOutputs(f"{self.output_dir} holds outputs of another run (its {what}); set "
                                    f"evaluation.restart=true to delete them and start over, or choose another output_dir")
-            distributed.barrier()
+            runtime.barrier()
             if dist.is_main:
                 logger.warning("%s holds outputs of another run (%s): deleted (evaluation.restart)", self.output_dir, what)
                 store.clear()
-        distributed.barrier()
+        runtime.barrier()
         if dist.is_main:
             atomic_write_text(self.output_dir / FINGERPRINT, json.dumps(fingerprint, indent=1))
-        distributed.barrier()
+        runtime.barrier()
 
     def run(self, dataset, dataset_roots: list[Path] = ()) -> str | None:
         """Generate what is missing, then (rank 0) write and score everything; returns the table on rank 0.
@@ -210,7 +210,7 @@ class ReportEvaluator:
             dataset: the split (a MixedDataset of CaptionDatasets, read with eval processors).
             dataset_roots: the split folders, searched for `reports.json` (report ids).
         """
-        dist = distributed.init_distributed(self.device, self.dist_backend)
+        dist = runtime.init_distributed(self.device, self.dist_backend)
         if self.backend == "vllm" and dist.world_size > 1:
             raise ValueError("evaluation.backend vllm runs in one process (vLLM batches by itself); run evaluate.py "
                              "without torchrun")
@@ -237,7 +237,7 @@ class ReportEvaluator:
         self.model.eval()
         final_batch_size = self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine)
         self.model.train(was_training)
-        distributed.barrier()
+        runtime.barrier()
         if not dist.is_main:
             return None
         rows, skipped = store.merge(ids)

@@ -46,7 +46,7 @@ from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
 from xraygpt.models.llm import checkpoint_decoder_layers, compile_decoder_layers
 from xraygpt.registry import register
-from xraygpt.training import distributed
+from xraygpt import runtime
 from xraygpt.training.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
 from xraygpt.training.metrics_log import JsonlLog, plot_loss
 
@@ -72,12 +72,6 @@ def run_identity(config_yaml: str, model) -> dict:
     datasets = cfg.get("datasets") if isinstance(cfg.get("datasets"), dict) else {}
     return {"task": (cfg.get("run") or {}).get("task"), "model": type(model).__name__,
             "datasets": {name: (ds or {}).get("root") for name, ds in sorted(datasets.items())}}
-
-
-def _single_threaded_worker(worker_id: int) -> None:
-    """Data workers decode and resize images; letting each also spawn a full set of torch
-    threads oversubscribes the cores the training step needs (measured: 4x slower on 2 cores)."""
-    torch.set_num_threads(1)
 
 
 @register("runner", "runner_iter")
@@ -114,7 +108,7 @@ class IterRunner:
         task,
         lr_schedule,
         config: str,
-        dist: distributed.DistInfo,
+        dist: runtime.DistInfo,
         output_dir: str,
         init_lr: float = 1e-4,
         weight_decay: float = 0.05,
@@ -202,7 +196,7 @@ class IterRunner:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, step: int) -> Path | None:
         """Called on every rank (each rank's RNG state is gathered); rank 0 writes the checkpoint."""
-        rng = distributed.all_gather_object(rng_state())
+        rng = runtime.all_gather_object(rng_state())
         if not self.dist.is_main:
             return None
         state = {
@@ -276,7 +270,7 @@ class IterRunner:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_single_threaded_worker,
+            worker_init_fn=runtime.single_threaded_worker,
             # Its own generator: iter() draws the workers' base seed from it, not from the global
             # RNG, whose state a checkpoint restores per rank (a resumed run then replays the
             # same draws, e.g. NEFTune noise, as the run it continues).
@@ -338,7 +332,7 @@ class IterRunner:
             done = step + 1
             bar.update(1)
             if done % self.log_freq == 0 or done == start_step + 1 or done == self.total_steps:
-                loss_value = float(distributed.all_reduce_mean(step_loss))
+                loss_value = float(runtime.all_reduce_mean(step_loss))
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss is {loss_value} at step {done}")
                 elapsed = time.perf_counter() - window_start
@@ -353,12 +347,12 @@ class IterRunner:
                     self.log.write(record)
             if done % self.iters_per_epoch == 0 or (self.save_freq_steps and done % self.save_freq_steps == 0):
                 last_ckpt = self._save(done) or last_ckpt
-                distributed.barrier()
+                runtime.barrier()
         bar.close()
         if self.dist.is_main:
             plot = plot_loss(self.log.read(), self.output_dir / "loss.png", title=str(self.output_dir))
             logger.info("log: %s, loss plot: %s", self.log.path, plot)
             held_out = self.eval_set if self.eval_set is not None else self.train_set
             self.task.after_training(self.model, held_out, self.output_dir, self.sample_generations, self.gen_kwargs, self.amp_dtype)
-        distributed.barrier()
+        runtime.barrier()
         return {"final_loss": loss_value, "steps": self.total_steps, "checkpoint": str(self.ckpt_dir / "checkpoint_last.pt")}

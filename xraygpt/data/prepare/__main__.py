@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import xraygpt.data.prepare as package
+from xraygpt import runtime
 from xraygpt.data.formats import DatasetError
 from xraygpt.models.llm import LLMLoadError
 from xraygpt.data.prepare.fidelity import FidelityError, fidelity_table, read_prepared, table_lines
@@ -80,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runtime.offline_environment()
+    runtime.setup_logging(0)
     if args.command == "fidelity":
         return fidelity_main(Path(args.dir), args.json)
     out = Path(args.out)
