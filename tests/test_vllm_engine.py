@@ -174,7 +174,7 @@ def test_vllm_backend_refuses_several_processes(model, val_dataset, tmp_path, st
     from xraygpt.evaluation import evaluator as evaluator_module
 
     two_ranks = types.SimpleNamespace(rank=0, world_size=2, is_main=True, device=torch.device("cpu"))
-    monkeypatch.setattr(evaluator_module.distributed, "init_distributed", lambda device, backend: two_ranks)
+    monkeypatch.setattr(evaluator_module.runtime, "init_distributed", lambda device, backend: two_ranks)
     evaluator = ReportEvaluator(model, str(tmp_path / "out"), backend="vllm", progress=False)
     with pytest.raises(ValueError, match="evaluation.backend vllm runs in one process"):
         evaluator.run(val_dataset)
