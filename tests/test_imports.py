@@ -2,7 +2,6 @@
 nothing outside training/ (and the builders that construct the runner) imports training/."""
 
 import ast
-from pathlib import Path
 
 from conftest import REPO
 

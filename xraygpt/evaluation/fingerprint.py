@@ -19,19 +19,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
+from xraygpt.models.medclip_encoder import state_sha256
 
 FINGERPRINT = "fingerprint.json"
-
-
-def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of a state dict, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def model_fingerprint(model) -> dict:
@@ -39,8 +29,8 @@ def model_fingerprint(model) -> dict:
     config = model.llm.config.to_dict()
     config.pop("_name_or_path", None)
     return {
-        "trainable_sha256": tensors_sha256(model.trainable_state_dict()),
-        "encoder_sha256": tensors_sha256(model.encoder.state_dict()),
+        "trainable_sha256": state_sha256(model.trainable_state_dict()),
+        "encoder_sha256": model.encoder.weights_sha256(),
         "llm": {"path": str(getattr(model.llm.config, "_name_or_path", "")),
                 "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()},
     }

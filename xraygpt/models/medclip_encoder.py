@@ -47,6 +47,15 @@ _V4_TO_V5 = (
 )
 
 
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict: each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
 class EncoderCheckpointError(ValueError):
     """A MedCLIP checkpoint that is missing, unreadable or for another architecture."""
 
@@ -170,11 +179,7 @@ class MedCLIPVisionEncoder(nn.Module):
         Identifies the encoder a feature cache was made with: the same weights give the same
         hash whatever file held them (4.x or 5.x names, .bin or .safetensors).
         """
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return state_sha256(self.state_dict())
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, num_tokens, output_dim) features."""

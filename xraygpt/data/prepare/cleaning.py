@@ -143,8 +143,6 @@ def clean_sentence(sentence: str, seen: set[str]) -> SentenceOutcome:
         return SentenceOutcome(sentence, "", rules, "view/technique")
     if text.lower().rstrip(".!? ") in seen:
         return SentenceOutcome(sentence, "", rules, "repeated sentence")
-    if not text.strip(" .!?"):
-        return SentenceOutcome(sentence, "", rules, "nothing left")
     seen.add(text.lower().rstrip(".!? "))
     return SentenceOutcome(sentence, text if text[-1] in ".!?" else f"{text}.", rules)
 

@@ -36,6 +36,12 @@ def source_text(sections: dict[str, str]) -> str:
     return f"{sections.get('findings', '')} {sections.get('impression', '')}".strip()
 
 
+def words_from_report(source: str, text: str) -> tuple[int, int]:
+    """(words of `text` that occur in `source`, words of `text`), lower-cased letters and digits."""
+    vocabulary, words = set(_WORD.findall(source.lower())), _WORD.findall(text.lower())
+    return sum(word in vocabulary for word in words), len(words)
+
+
 def fidelity_table(sources: list[str], summaries: list[str], labeler: ChexpertRuleLabeler | None = None) -> dict:
     """The fidelity figures of aligned `sources` and `summaries` (see module docstring)."""
     labeler = labeler or ChexpertRuleLabeler()
@@ -51,12 +57,8 @@ def fidelity_table(sources: list[str], summaries: list[str], labeler: ChexpertRu
                                 "lost": int(positive.sum() - kept.sum()), "gained": int(gained.sum())}
     total = sum(v["source_positives"] for v in per_observation.values())
     kept_total = sum(v["kept"] for v in per_observation.values())
-    words = hits = 0
-    for source, summary in zip(sources, summaries):
-        vocabulary = set(_WORD.findall(source.lower()))
-        summary_words = _WORD.findall(summary.lower())
-        words += len(summary_words)
-        hits += sum(word in vocabulary for word in summary_words)
+    shares = [words_from_report(source, summary) for source, summary in zip(sources, summaries)]
+    hits, words = sum(h for h, _ in shares), sum(n for _, n in shares)
     n = len(sources)
     return {
         "reports": n,

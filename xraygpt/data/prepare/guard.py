@@ -31,6 +31,16 @@ def strength(labels: np.ndarray) -> np.ndarray:
     return np.where(labels == POSITIVE, 2, np.where(labels == UNCERTAIN, 1, 0))
 
 
+def weaker(source: np.ndarray, summary: np.ndarray) -> list[int]:
+    """Finding columns the summary states more weakly than the source (`strength` arrays)."""
+    return [k for k in FINDING_COLUMNS if summary[k] < source[k]]
+
+
+def stronger(source: np.ndarray, summary: np.ndarray) -> list[int]:
+    """Finding columns the summary states more strongly than the source."""
+    return [k for k in FINDING_COLUMNS if summary[k] > source[k]]
+
+
 @functools.lru_cache(maxsize=1)
 def default_labeler() -> ChexpertRuleLabeler:
     return ChexpertRuleLabeler()
@@ -43,10 +53,11 @@ def guard_summary(findings: str, impression: str, cleaned: Cleaned,
     source = strength(labeler.label(f"{findings} {impression}"))
     events: Counter[tuple[str, str]] = Counter()
     summary = strength(labeler.label(cleaned.summary))
-    for k in FINDING_COLUMNS:
-        if summary[k] >= source[k]:
-            continue
+    for k in weaker(source, summary):
         events[(OBSERVATIONS[k], "lost")] += 1
+        if summary[k] >= source[k]:  # put back while restoring an earlier observation
+            events[(OBSERVATIONS[k], "restored")] += 1
+            continue
         for outcome in cleaned.sentences:
             if strength(labeler.label(outcome.source))[k] != source[k]:
                 continue
@@ -61,10 +72,11 @@ def guard_summary(findings: str, impression: str, cleaned: Cleaned,
                 events[(OBSERVATIONS[k], "restored")] += 1
                 break
             outcome.text, outcome.rules, outcome.removed = before
-    for k in FINDING_COLUMNS:
-        if summary[k] <= source[k]:
-            continue
+    for k in stronger(source, summary):
         events[(OBSERVATIONS[k], "gained")] += 1
+        if summary[k] <= source[k]:
+            events[(OBSERVATIONS[k], "removed")] += 1
+            continue
         for outcome in cleaned.sentences:
             if not (outcome.text and outcome.rules and strength(labeler.label(outcome.text))[k] > source[k]):
                 continue

@@ -23,14 +23,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from xraygpt.atomic import append_lines, drop_torn_tail
-from xraygpt.data.prepare.guard import default_labeler, strength
+from xraygpt.data.prepare.fidelity import words_from_report
+from xraygpt.data.prepare.guard import default_labeler, strength, stronger, weaker
 from xraygpt.data.prepare.rewrite import BLANK, COMPARISON
 from xraygpt.evaluation.chexpert_rules import OBSERVATIONS
 
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_PROMPT = Path(__file__).resolve().parents[3] / "prompts" / "summarize_report.txt"
 BACKENDS = ("auto", "transformers", "vllm")
 MIN_WORDS_FROM_REPORT = 0.8
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 class LLMSummaryError(ValueError):
@@ -86,16 +85,15 @@ def rejection(source: str, answer: str) -> str | None:
         return "blank in answer"
     if COMPARISON.search(answer):
         return "comparison wording in answer"
-    vocabulary, words = set(_WORD.findall(source.lower())), _WORD.findall(answer.lower())
-    if sum(w in vocabulary for w in words) < MIN_WORDS_FROM_REPORT * len(words):
+    hits, words = words_from_report(source, answer)
+    if hits < MIN_WORDS_FROM_REPORT * words:
         return "words not from the report"
     labeler = default_labeler()
     want, got = strength(labeler.label(source)), strength(labeler.label(answer))
-    lost = [OBSERVATIONS[k] for k in range(1, len(OBSERVATIONS)) if got[k] < want[k]]
+    lost, gained = weaker(want, got), stronger(want, got)
     if lost:
-        return f"lost {lost[0]}"
-    gained = [OBSERVATIONS[k] for k in range(1, len(OBSERVATIONS)) if got[k] > want[k]]
-    return f"gained {gained[0]}" if gained else None
+        return f"lost {OBSERVATIONS[lost[0]]}"
+    return f"gained {OBSERVATIONS[gained[0]]}" if gained else None
 
 
 class LLMSummarizer:
