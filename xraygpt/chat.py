@@ -8,8 +8,8 @@ A `ChatSession` belongs to one user and holds
 `stream_reply(question, settings)` encodes the kept turns plus the new question with
 `PromptTokenizer.encode_dialogue` (the template of training; the image, `<Img><ImageHere></Img>`,
 leads the first turn kept), splices the image tokens into the (1, L, Dl) token embeddings with
-`embed_with_images` (the function training and batch generation use) and runs the LLM's
-`generate` in a thread.  It yields the answer so far after each new token (once, at the end,
+`XrayGPT.embed_inputs` (the door training, batch generation and the vLLM engine use) and runs the
+LLM's `generate` in a thread.  It yields the answer so far after each new token (once, at the end,
 with beam search, which transformers cannot stream).  Generation stops at the end symbol, which
 is never shown.
 
@@ -31,10 +31,9 @@ from PIL import Image
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from xraygpt.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
+from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.conversation import with_image
 from xraygpt.data.transforms import MedCLIPImageEval
-from xraygpt.models.multimodal import embed_with_images
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +177,9 @@ class ChatSession:
 
     @torch.no_grad()
     def embed_prompt(self, ids: list[int]) -> torch.Tensor:
-        """(1, L, Dl) input embeddings of L prompt ids with the image tokens spliced into their sentinels."""
-        input_ids = torch.tensor([ids], device=self.model.device)
-        return embed_with_images(self.model.llm.get_input_embeddings(), input_ids, self.image_tokens,
-                                 IMAGE_TOKEN_ID, fill_id=self.model.tokenizer.pad_token_id)
+        """(1, L, Dl) input embeddings of L prompt ids with the image tokens spliced into their sentinels
+        (`XrayGPT.embed_inputs`, as for training and batch generation)."""
+        return self.model.embed_inputs(torch.tensor([ids]), image_tokens=self.image_tokens)
 
     def stream_reply(self, question: str, settings: GenerationSettings) -> Iterator[str]:
         """An iterator of the answer to `question` as it grows (cleaned, without the end symbol).

@@ -1,9 +1,10 @@
 """The one piece of tensor surgery that puts image features into the LLM's input sequence.
 
-Used alike by training (`XrayGPT.forward`), batch generation and chat.  The collator writes
-`IMAGE_TOKEN_ID` (a negative sentinel) at every image-token position; here the text is
-embedded with those positions swapped for a valid id, then the projected image tokens are
-written into them with `masked_scatter` (the approach of Hugging Face's LLaVA).
+Reached through one method, `XrayGPT.embed_inputs`, by training, batch generation, the vLLM
+engine and the chat.  The collator writes `IMAGE_TOKEN_ID` (a negative sentinel) at every
+image-token position; here the text is embedded with those positions swapped for a valid id,
+then the projected image tokens are written into them with `masked_scatter` (the approach of
+Hugging Face's LLaVA).
 """
 
 from __future__ import annotations

@@ -161,18 +161,23 @@ class XrayGPT(nn.Module):
         return self.project_features(feats)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                     image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids with image sentinels + images (or their encoder tokens) -> (B, L, Dl) input embeddings.
+                     image_features: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids with image sentinels + their images -> (B, L, Dl) input embeddings.
 
-        Exactly one of `pixel_values` (B, 3, H, W) and `image_features` (B, N, Dv) is given.
+        The one door into the splice (`embed_with_images`) for training, batch generation, the vLLM
+        engine and the chat.  The images are given as exactly one of: `pixel_values` (B, 3, H, W),
+        `image_features` (B, N, Dv) encoder tokens (e.g. from a feature cache) or `image_tokens`
+        (B, N, Dl) projected tokens from `encode_images` (the chat computes them once per image).
         """
-        if (pixel_values is None) == (image_features is None):
-            raise ValueError("give either pixel_values or image_features")
-        images = self.encode_images(pixel_values) if image_features is None else self.project_features(image_features)
+        if sum(x is not None for x in (pixel_values, image_features, image_tokens)) != 1:
+            raise ValueError("give exactly one of pixel_values, image_features and image_tokens")
+        if image_tokens is None:
+            image_tokens = (self.encode_images(pixel_values) if image_features is None
+                            else self.project_features(image_features))
         return embed_with_images(
             self.llm.get_input_embeddings(),
-            input_ids,
-            images,
+            input_ids.to(self.device),
+            image_tokens,
             IMAGE_TOKEN_ID,
             fill_id=self.tokenizer.pad_token_id,
         )
@@ -223,7 +228,7 @@ class XrayGPT(nn.Module):
             from `PromptTokenizer.encode_prompt`.
         Each row stops at the end symbol (or EOS / max_new_tokens) independently.
         """
-        embeds = self.embed_inputs(input_ids.to(self.device), pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask.to(self.device),
