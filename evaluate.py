@@ -20,7 +20,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
-from xraygpt.config import load_config  # noqa: E402
+from xraygpt.config import load_config, settings_arguments  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
 
@@ -63,7 +63,7 @@ def evaluate(cfg) -> str | None:
     datasets = evaluated_splits(cfg)
     model = builders.build_model(cfg.model, cfg.evaluation.seed)
     dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer)
-    evaluator = ReportEvaluator(model=model, **OmegaConf.to_container(cfg.evaluation, resolve=True))
+    evaluator = ReportEvaluator(model=model, **settings_arguments(ReportEvaluator, cfg.evaluation, "evaluation"))
     return evaluator.run(dataset, [Path(ds["root"]) for ds in datasets.values()])
 
 

@@ -54,6 +54,7 @@ from xraygpt.data.synthetic import generate_dataset  # noqa: E402
 from xraygpt.embedded import conversation_texts, write_tiny_encoder, write_tiny_llm  # noqa: E402
 from xraygpt.evaluation.generate import generate_fitting, generate_rows, load_samples  # noqa: E402
 from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused  # noqa: E402
+from xraygpt.models.generation import GenerationSettings  # noqa: E402
 
 
 def tiny_config(folder: Path, images: int) -> dict:
@@ -102,13 +103,14 @@ def vllm_tokens(outputs: list, kwargs: dict) -> int:
 def timed(model, samples: list[dict], batch_size: int, max_new_tokens: int, counter: TokenCounter, engine=None
           ) -> tuple[float, int, dict[str, str]]:
     """(seconds, output tokens, {image_id: prediction}) for `samples` in batches of `batch_size`, after one warm-up batch."""
-    generate_rows(model, samples[:batch_size], engine, max_new_tokens=max_new_tokens)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    generate_rows(model, samples[:batch_size], engine, generation)
     preds = {}
     counter.tokens = 0
     start = time.perf_counter()
     generate_fitting(model, samples, batch_size,
                      lambda batch, rows: preds.update((r["image_id"], r["prediction"]) for r in rows),
-                     engine, max_new_tokens=max_new_tokens)
+                     engine, generation)
     return time.perf_counter() - start, counter.tokens, preds
 
 

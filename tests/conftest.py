@@ -159,9 +159,10 @@ def evaluate_split(model, dataset, out: Path, **settings) -> tuple[list[dict], d
     """ReportEvaluator over `dataset` on the CPU (16 new tokens, no bootstrap): (predictions.jsonl rows,
     metrics.json's `generation`)."""
     from xraygpt.evaluation.evaluator import ReportEvaluator
+    from xraygpt.models.generation import GenerationSettings
 
-    evaluator = ReportEvaluator(model, str(out), max_new_tokens=16, bootstrap_resamples=0, progress=False,
-                                device="cpu", **settings)
+    evaluator = ReportEvaluator(model, str(out), generation=GenerationSettings(max_new_tokens=16), bootstrap_resamples=0,
+                                progress=False, device="cpu", **settings)
     assert evaluator.run(dataset) is not None
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return rows, json.loads((out / "metrics.json").read_text())["generation"]

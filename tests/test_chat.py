@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from xraygpt.chat import ChatInputError, ChatSession, GenerationSettings
+from xraygpt.chat import ChatInputError, ChatSession
 from xraygpt.constants import IMAGE_TOKEN_ID
 from xraygpt.conversation import PromptFormat, PromptTokenizer, with_image
+from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
 from xraygpt.models.llm import load_tokenizer
 
-GREEDY = GenerationSettings(max_new_tokens=12, num_beams=1, temperature=0.0)
+GREEDY = GenerationSettings.from_controls(max_new_tokens=12, num_beams=1, temperature=0.0)
 SUMMARY = "Describe the findings and impression of this chest X-ray."
 
 
@@ -37,7 +38,7 @@ def test_first_answer_equals_batch_generation(model, image, session):
     """Same template, same splice, same stopping: chat and XrayGPT.generate agree token for token."""
     pixels = session.process(image).unsqueeze(0)
     ids = model.prompt_tokenizer.encode_prompt(with_image(SUMMARY))
-    expected = model.generate(pixels, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=12)[0]
+    expected = model.generate(pixels, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), GREEDY)[0]
     streamed = list(session.stream_reply(SUMMARY, GREEDY))
     assert streamed[-1] == expected
     assert session.turns == [(SUMMARY, expected)]
@@ -51,7 +52,7 @@ def test_splice_is_the_models(model, image, session):
 
 
 def test_stream_grows_and_hides_the_end_symbol(session):
-    streamed = list(session.stream_reply(SUMMARY, GenerationSettings(24, 1, 0.0)))
+    streamed = list(session.stream_reply(SUMMARY, GenerationSettings.from_controls(24, 1, 0.0)))
     assert len(streamed) >= 2
     assert all(b.startswith(a.rstrip()) for a, b in zip(streamed, streamed[1:]))
     assert all("###" not in text for text in streamed)
@@ -100,26 +101,26 @@ def test_question_before_any_image(model):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"max_new_tokens": 0, "num_beams": 1, "temperature": 0.0}, "max new tokens"),
-    ({"max_new_tokens": 8, "num_beams": 0, "temperature": 0.0}, "beams"),
+    ({"max_new_tokens": 0, "num_beams": 1, "temperature": 0.0}, "max_new_tokens"),
+    ({"max_new_tokens": 8, "num_beams": 0, "temperature": 0.0}, "num_beams"),
     ({"max_new_tokens": 8, "num_beams": 1, "temperature": -1.0}, "temperature"),
 ])
-def test_generation_settings_are_checked(kwargs, message):
-    with pytest.raises(ChatInputError, match=message):
-        GenerationSettings(**kwargs)
+def test_generation_controls_are_checked(kwargs, message):
+    with pytest.raises(GenerationSettingsError, match=message):
+        GenerationSettings.from_controls(**kwargs)
 
 
 def test_beam_search_answers_once(session):
-    streamed = list(session.stream_reply(SUMMARY, GenerationSettings(12, 3, 0.0)))
+    streamed = list(session.stream_reply(SUMMARY, GenerationSettings.from_controls(12, 3, 0.0)))
     assert len(streamed) == 1
 
 
 def test_sampling_runs(session):
-    assert isinstance(list(session.stream_reply(SUMMARY, GenerationSettings(8, 1, 0.9)))[-1], str)
+    assert isinstance(list(session.stream_reply(SUMMARY, GenerationSettings.from_controls(8, 1, 0.9)))[-1], str)
 
 
 def test_closing_the_stream_stops_generation(session):
-    replies = session.stream_reply(SUMMARY, GenerationSettings(400, 1, 0.0))
+    replies = session.stream_reply(SUMMARY, GenerationSettings.from_controls(400, 1, 0.0))
     next(replies)
     replies.close()
     deadline = time.time() + 10

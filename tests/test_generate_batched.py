@@ -9,6 +9,7 @@ from xraygpt.data.formats import DatasetError
 from xraygpt.data.transforms import MedCLIPImageEval
 from xraygpt.evaluation.evaluator import dataset_ids
 from xraygpt.evaluation.generate import blank_image, generate_fitting, generate_for_dataset, load_samples
+from xraygpt.models.generation import GenerationSettings
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -113,7 +114,8 @@ def test_a_short_batch_out_of_memory_is_halved_from_its_own_size(model, val_data
     caplog.set_level("WARNING")
     rows = []
     samples = load_samples(val_dataset, [0, 1, 2])
-    assert generate_fitting(model, samples, 16, lambda batch, r: rows.extend(r), max_new_tokens=4) == 1
+    assert generate_fitting(model, samples, 16, lambda batch, r: rows.extend(r),
+                            generation=GenerationSettings(max_new_tokens=4)) == 1
     assert sizes == [3, 1, 1, 1]  # not 3 again at "8", then "4", then 2
     assert "batch of 3 images ran out of memory; going on with batches of 1" in caplog.text
     assert sorted(r["image_id"] for r in rows) == sorted(s["image_id"] for s in samples)
@@ -130,7 +132,8 @@ def test_one_image_out_of_memory_is_raised_not_halved_to_nothing(model, val_data
 
     monkeypatch.setattr(type(model), "generate", last_one_fails)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        generate_fitting(model, load_samples(val_dataset, [0, 1, 2]), 2, lambda batch, rows: None, max_new_tokens=2)
+        generate_fitting(model, load_samples(val_dataset, [0, 1, 2]), 2, lambda batch, rows: None,
+                         generation=GenerationSettings(max_new_tokens=2))
     assert sizes == [2, 1]
     with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
         generate_fitting(model, load_samples(val_dataset, [0]), 0, lambda batch, rows: None)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from xraygpt.data.collate import GenerationCollator, TrainCollator
+from xraygpt.models.generation import GenerationSettings
 
 
 def _samples(n, image_size=112, seed=0):
@@ -47,8 +48,9 @@ def test_batched_greedy_generation_equals_one_at_a_time(model):
     samples = _samples(4, seed=3)
     collate = GenerationCollator(model.prompt_tokenizer)
     model.eval()
-    batched = model.generate(**{k: collate(samples)[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=24)
-    singles = [model.generate(**{k: collate([s])[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=24)[0]
+    batched = model.generate(**{k: collate(samples)[k] for k in ("pixel_values", "input_ids", "attention_mask")}, generation=GenerationSettings(max_new_tokens=24))
+    singles = [model.generate(**{k: collate([s])[k] for k in ("pixel_values", "input_ids", "attention_mask")},
+                              generation=GenerationSettings(max_new_tokens=24))[0]
                for s in samples]
     model.train()
     assert batched == singles
@@ -117,11 +119,12 @@ def test_beam_search_and_sampling_run_batched(model):
     batch = GenerationCollator(model.prompt_tokenizer)(samples)
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
     model.eval()
-    beams = model.generate(**inputs, max_new_tokens=16, num_beams=3)
+    beams = model.generate(**inputs, generation=GenerationSettings(max_new_tokens=16, num_beams=3))
+    sampling = GenerationSettings(max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95)
     torch.manual_seed(0)
-    sampled_a = model.generate(**inputs, max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95)
+    sampled_a = model.generate(**inputs, generation=sampling)
     torch.manual_seed(0)
-    sampled_b = model.generate(**inputs, max_new_tokens=16, do_sample=True, temperature=0.9, top_p=0.95)
+    sampled_b = model.generate(**inputs, generation=sampling)
     model.train()
     assert len(beams) == 3 and all(isinstance(t, str) for t in beams)
     assert sampled_a == sampled_b and len(sampled_a) == 3

@@ -11,6 +11,7 @@ import torch
 from conftest import REPO
 from test_evaluate import checkpoint, eval_config, read_rows, run_main  # noqa: F401 (checkpoint: a fixture)
 from xraygpt.models.llm import LLMLoadError, is_quantized, load_llm
+from xraygpt.models.generation import GenerationSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 bnb_missing = importlib.util.find_spec("bitsandbytes") is None
@@ -54,7 +55,8 @@ def test_xraygpt_with_a_4bit_llm_generates_and_trains_only_the_projection(tiny_m
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("projector"))
     batch = GenerationCollator(model.prompt_tokenizer)(samples)
     model.eval()
-    texts = model.generate(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}, max_new_tokens=8)
+    texts = model.generate(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")},
+                           generation=GenerationSettings(max_new_tokens=8))
     model.train()
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 

@@ -24,6 +24,7 @@ from xraygpt.data.collate import GenerationCollator
 from xraygpt.evaluation.evaluator import ReportEvaluator
 from xraygpt.evaluation.generate import load_samples
 from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused
+from xraygpt.models.generation import GenerationSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,7 +106,8 @@ def test_vllm_backend_gives_the_transformers_summaries(model, val_dataset, tiny_
 def test_sampling_settings_reach_vllm(model, val_dataset, stand_in_vllm):
     samples = load_samples(val_dataset, [0, 1])
     torch.manual_seed(0)
-    answers = VLLMEngine(model, 0.5, 7)(model, samples, max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9)
+    answers = VLLMEngine(model, 0.5, 7)(model, samples,
+                                        GenerationSettings(max_new_tokens=3, do_sample=True, temperature=0.7, top_p=0.9))
     assert len(answers) == 2 and StandInLLM.built[0]["seed"] == 7
     params = StandInLLM.params[0]
     assert (params.max_tokens, params.temperature, params.top_p) == (3, 0.7, 0.9)
@@ -113,7 +115,7 @@ def test_sampling_settings_reach_vllm(model, val_dataset, stand_in_vllm):
 
 def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model, val_dataset, stand_in_vllm):
     samples = load_samples(val_dataset, list(range(len(val_dataset))))
-    VLLMEngine(model, 0.5, 0)(model, samples, max_new_tokens=2)
+    VLLMEngine(model, 0.5, 0)(model, samples, GenerationSettings(max_new_tokens=2))
     lengths = [len(model.prompt_tokenizer.encode_prompt(s["instruction"])) for s in samples]
     assert len(set(lengths)) > 1  # the batch was left-padded
     assert [tuple(p["prompt_embeds"].shape) for p in StandInLLM.prompts] == \
@@ -126,8 +128,8 @@ def test_prompt_embeds_are_each_samples_spliced_embeddings_without_padding(model
 
 
 @pytest.mark.parametrize("settings, needle", [
-    ({"num_beams": 2}, "not beam search (num_beams 2)"),
-    ({"repetition_penalty": 1.2}, "takes no repetition_penalty (1.2)"),
+    ({"generation": GenerationSettings(num_beams=2)}, "not beam search (num_beams 2)"),
+    ({"generation": GenerationSettings(repetition_penalty=1.2)}, "takes no repetition_penalty (1.2)"),
     ({"vllm_gpu_memory_utilization": 0.0}, "evaluation.vllm_gpu_memory_utilization must be in (0, 1]"),
     ({"no_gpu": True}, "needs a CUDA GPU and torch sees none"),
     ({"quantized": True}, "set model.llm.quantization none"),
@@ -152,7 +154,7 @@ def test_what_vllm_cannot_take_is_refused_before_generating(model, tmp_path, sta
 def test_the_engine_itself_refuses_beam_search(model, val_dataset, stand_in_vllm):
     engine = VLLMEngine(model, 0.5, 0)
     with pytest.raises(VLLMRefused, match="not beam search"):
-        engine(model, load_samples(val_dataset, [0]), max_new_tokens=2, num_beams=3)
+        engine(model, load_samples(val_dataset, [0]), GenerationSettings(max_new_tokens=2, num_beams=3))
     assert not StandInLLM.prompts
 
 

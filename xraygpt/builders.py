@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
+from xraygpt.config import settings_arguments
 from xraygpt.data.datasets import FeatureCaptionDataset, MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.shards import ShardDataset
@@ -158,6 +159,7 @@ def build_runner(cfg: DictConfig, model, train_set, eval_set, dist):
     run.pop("device")
     run.pop("dist_backend")
     cls = registry.get("runner", run.pop("runner"))
+    run = settings_arguments(cls, run, "run")
     task = registry.get("task", run.pop("task"))()
     schedule = build_lr_schedule(run.pop("lr_sched"))
     return cls(

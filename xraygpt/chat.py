@@ -5,11 +5,11 @@ A `ChatSession` belongs to one user and holds
   image by `set_image`;
 - `turns`: the finished (question, answer) pairs about that image.
 
-`stream_reply(question, settings)` encodes the kept turns plus the new question with
+`stream_reply(question, generation)` encodes the kept turns plus the new question with
 `PromptTokenizer.encode_dialogue` (the template of training; the image, `<Img><ImageHere></Img>`,
 leads the first turn kept), splices the image tokens into the (1, L, Dl) token embeddings with
 `XrayGPT.embed_inputs` (the door training, batch generation and the vLLM engine use) and runs the
-LLM's `generate` in a thread.  It yields the answer so far after each new token (once, at the end,
+LLM's `generate` with the `GenerationSettings` given, in a thread.  It yields the answer so far after each new token (once, at the end,
 with beam search, which transformers cannot stream).  Generation stops at the end symbol, which
 is never shown.
 
@@ -20,7 +20,6 @@ question that does not fit even alone with the image is refused (`ChatInputError
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -34,41 +33,13 @@ from transformers.generation.streamers import BaseStreamer
 from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.conversation import with_image
 from xraygpt.data.transforms import MedCLIPImageEval
+from xraygpt.models.generation import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
 
 class ChatInputError(ValueError):
     """A request the chat cannot serve, explained for the user in one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationSettings:
-    """How one answer is generated (the demo's defaults are in `xraygpt.ui.settings.DemoSettings`).
-
-    Args:
-        max_new_tokens: most tokens in the answer (the end symbol included).
-        num_beams: 1 streams token by token; more runs beam search and shows the answer at the end.
-        temperature: 0 = deterministic (greedy or beam search); > 0 samples at this temperature.
-    """
-
-    max_new_tokens: int
-    num_beams: int
-    temperature: float
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ChatInputError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
-        if self.num_beams < 1:
-            raise ChatInputError(f"beams must be at least 1, got {self.num_beams}")
-        if not self.temperature >= 0:
-            raise ChatInputError(f"temperature must be 0 or more, got {self.temperature}")
-
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments of transformers' `generate`."""
-        sample = self.temperature > 0
-        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": sample,
-                "temperature": self.temperature if sample else None, "top_p": None, "top_k": None}
 
 
 class _TokenQueue(BaseStreamer):
@@ -181,7 +152,7 @@ class ChatSession:
         (`XrayGPT.embed_inputs`, as for training and batch generation)."""
         return self.model.embed_inputs(torch.tensor([ids]), image_tokens=self.image_tokens)
 
-    def stream_reply(self, question: str, settings: GenerationSettings) -> Iterator[str]:
+    def stream_reply(self, question: str, generation: GenerationSettings) -> Iterator[str]:
         """An iterator of the answer to `question` as it grows (cleaned, without the end symbol).
 
         The question is checked and the prompt built now: ChatInputError (see `check_question`,
@@ -189,13 +160,13 @@ class ChatSession:
         answer is recorded as a turn; closing the iterator early stops generation.
         """
         question = self.check_question(question)
-        embeds = self.embed_prompt(self.prompt_ids(question, settings.max_new_tokens))
-        return self._stream(question, embeds, settings)
+        embeds = self.embed_prompt(self.prompt_ids(question, generation.max_new_tokens))
+        return self._stream(question, embeds, generation)
 
-    def _stream(self, question: str, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[str]:
+    def _stream(self, question: str, embeds: torch.Tensor, generation: GenerationSettings) -> Iterator[str]:
         generated: list[int] = []
         shown = None
-        for generated in self._generate(embeds, settings):
+        for generated in self._generate(embeds, generation):
             text = self.prompt_tokenizer.decode_partial_answer(generated)
             if text != shown:
                 shown = text
@@ -205,12 +176,11 @@ class ChatSession:
         if answer != shown:
             yield answer
 
-    def _generate(self, embeds: torch.Tensor, settings: GenerationSettings) -> Iterator[list[int]]:
+    def _generate(self, embeds: torch.Tensor, generation: GenerationSettings) -> Iterator[list[int]]:
         """Run `generate` on (1, L, Dl) `embeds` in a thread; yield the ids generated so far."""
         results: queue.Queue = queue.Queue()
         cancel = threading.Event()
-        stream = settings.num_beams == 1
-        tokenizer = self.model.tokenizer
+        stream = generation.num_beams == 1
 
         def work() -> None:
             try:
@@ -219,11 +189,7 @@ class ChatSession:
                     attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
                     streamer=_TokenQueue(results) if stream else None,
                     stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
-                    stop_strings=[self.prompt_tokenizer.format.end_sym],
-                    tokenizer=tokenizer,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **settings.generate_kwargs(),
+                    **generation.generate_kwargs(self.prompt_tokenizer),
                 )
                 if not stream:
                     results.put(out[0].tolist())

@@ -14,6 +14,11 @@ they need data) plus one section of their own, whose schema is the signature of 
 class they pass as `settings={"evaluation": EvaluationSettings}`; `required` names the sections
 that must be present (training: model, datasets, run).
 
+A constructor argument that takes a settings object (a dataclass: `GenerationSettings` for the
+evaluator's and the runner's `generation`) shows that object's fields as flat keys of its section
+(`evaluation.max_new_tokens`, `run.num_beams`); `settings_arguments` gathers them back into the
+object for the constructor, and `load_config` already builds it once, so its checks fail early.
+
 `load_config` merges and validates; any unknown key, missing required key or wrong type exits
 through `ConfigError` with a one-line message naming the key (and the closest valid key).
 """
@@ -60,18 +65,36 @@ def _normalise_type(tp: Any) -> Any:
     return Any
 
 
+def _config_parameters(fn: Callable) -> list[tuple[str, inspect.Parameter, Any]]:
+    """(name, parameter, type hint) of each argument of `fn` (or its class's __init__) that config sets."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints = typing.get_type_hints(target)
+    return [(pname, param, hints.get(pname, Any)) for pname, param in inspect.signature(target).parameters.items()
+            if pname not in INJECTED and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)]
+
+
+def _settings_object(tp: Any) -> bool:
+    """Whether an argument of this type is a settings object (a dataclass, e.g. GenerationSettings) whose
+    fields are flat keys of the section (`evaluation.max_new_tokens`), not a sub-section."""
+    return inspect.isclass(tp) and dataclasses.is_dataclass(tp)
+
+
 def signature_schema(fn: Callable, name: str, extra: dict[str, tuple[Any, Any]] | None = None) -> type:
     """A dataclass whose fields are `fn`'s config arguments (typed, with `fn`'s defaults).
 
-    Arguments in INJECTED are skipped; `extra` adds fields as {name: (type, default)}.
+    Arguments in INJECTED are skipped; an argument that takes a settings object (a dataclass such
+    as `GenerationSettings`) contributes that object's fields, with the defaults of `fn`'s default
+    object (`settings_arguments` gathers them back); `extra` adds fields as {name: (type, default)}.
     """
-    target = fn.__init__ if inspect.isclass(fn) else fn
-    hints = typing.get_type_hints(target)
     fields = []
-    for pname, param in inspect.signature(target).parameters.items():
-        if pname in INJECTED or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+    for pname, param, hint in _config_parameters(fn):
+        if _settings_object(hint):
+            default_object = hint() if param.default is inspect.Parameter.empty else param.default
+            field_hints = typing.get_type_hints(hint)
+            fields += [(f.name, _normalise_type(field_hints[f.name]), dataclasses.field(default=getattr(default_object, f.name)))
+                       for f in dataclasses.fields(hint)]
             continue
-        tp = _normalise_type(hints.get(pname, Any))
+        tp = _normalise_type(hint)
         default = MISSING if param.default is inspect.Parameter.empty else param.default
         if isinstance(default, (list, dict)):
             fields.append((pname, tp, dataclasses.field(default_factory=lambda d=default: type(d)(d))))
@@ -80,6 +103,27 @@ def signature_schema(fn: Callable, name: str, extra: dict[str, tuple[Any, Any]] 
     for fname, (tp, default) in (extra or {}).items():
         fields.append((fname, tp, dataclasses.field(default=default)))
     return dataclasses.make_dataclass(name, fields)
+
+
+def settings_arguments(fn: Callable, section: Any, path: str = "") -> dict:
+    """A validated config section (flat keys) as keyword arguments of `fn`: the keys of each settings
+    object `fn` takes (see `signature_schema`) are gathered into that object.
+
+    Raises ConfigError naming the key (`{path}.{key}`) when the object refuses a value.
+    """
+    kwargs = dict(OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section)
+    for pname, _, hint in _config_parameters(fn):
+        if not _settings_object(hint):
+            continue
+        names = [f.name for f in dataclasses.fields(hint)]
+        try:
+            kwargs[pname] = hint(**{k: kwargs.pop(k) for k in names if k in kwargs})
+        except (TypeError, ValueError) as exc:
+            key = getattr(exc, "key", None)
+            where = f"{path}.{key}" if path and key else (key or path)
+            reason = getattr(exc, "reason", None) or first_line(exc)
+            raise ConfigError(f"config key {where!r} {reason}" if key else f"bad value in config section {where!r}: {reason}") from None
+    return kwargs
 
 
 def _fail(exc: Exception, prefix: str, node: Any) -> ConfigError:
@@ -173,6 +217,7 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
 
     for name, fn in settings.items():
         out[name] = OmegaConf.to_container(_validate(cfg.get(name), signature_schema(fn, name), name))
+        settings_arguments(fn, out[name], name)
 
     datasets = cfg.get("datasets")
     if not datasets:
@@ -226,6 +271,7 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
         "device": (str, "auto"), "dist_backend": (str, "auto"),
     })
     out_run = OmegaConf.to_container(_validate(rest, run_schema, "run"))
+    settings_arguments(runner_cls, out_run, "run")
     out_run["lr_sched"] = OmegaConf.to_container(
         _named(picked.get("lr_sched", {"name": "linear_warmup_cosine"}), "lr_schedule", "run.lr_sched")
     )

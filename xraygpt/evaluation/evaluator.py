@@ -43,6 +43,7 @@ from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_re
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
 from xraygpt.evaluation.vllm_engine import VLLMEngine, check_decoding, check_supported
+from xraygpt.models.generation import GenerationSettings
 from xraygpt import runtime
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class ReportEvaluator:
     Args (besides `model`, built by `xraygpt.builders`):
         output_dir: where predictions.jsonl, predictions.csv, references.csv, metrics.json go.
         batch_size: images per generation batch (per rank); halved whenever a batch runs out of memory.
-        max_new_tokens, num_beams, do_sample, temperature, top_p, repetition_penalty: decoding
-            (greedy by default; `num_beams > 1` for beam search, `do_sample` for sampling).
+        generation: the decoding settings (greedy by default; `num_beams > 1` for beam search,
+            `do_sample` for sampling); in a config, its fields are keys of the `evaluation` section.
         image_mode: `image` (each its own), `shuffled` (each the next image's) or `blank`
             (a black image): ablations showing what the summaries owe to the image.
         seed: seeds sampling (plus the rank) and the bootstrap (entry points also seed the
@@ -102,12 +103,7 @@ class ReportEvaluator:
         model,
         output_dir: str,
         batch_size: int = 16,
-        max_new_tokens: int = 160,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        generation: GenerationSettings = GenerationSettings(),
         image_mode: str = "image",
         seed: int = 42,
         device: str = "auto",
@@ -131,15 +127,14 @@ class ReportEvaluator:
             raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend == "vllm":
             check_supported(model, vllm_gpu_memory_utilization)
-            check_decoding(num_beams, repetition_penalty)
+            check_decoding(generation)
         self.model = model
         self.restart = restart
         self.backend = backend
         self.vllm_gpu_memory_utilization = vllm_gpu_memory_utilization
         self.output_dir = Path(output_dir)
         self.batch_size = batch_size
-        self.gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample,
-                           "temperature": temperature, "top_p": top_p, "repetition_penalty": repetition_penalty}
+        self.generation = generation
         self.image_mode = image_mode
         self.seed = seed
         self.device = device
@@ -177,7 +172,7 @@ class ReportEvaluator:
             if skipped:
                 store.append(skipped)
                 bar.update(len(skipped))
-            batch_size = generate_fitting(self.model, good, batch_size, emit, engine, **self.gen_kwargs)
+            batch_size = generate_fitting(self.model, good, batch_size, emit, engine, self.generation)
         bar.close()
         return batch_size if keys else None
 
@@ -219,7 +214,8 @@ class ReportEvaluator:
         store = PredictionStore(self.output_dir, dist.rank)
         self._bind_outputs(store, dist, {
             "model": model_fingerprint(self.model), "split": split_fingerprint(ids, [str(s[2]) for s in samples]),
-            "generation": {"backend": self.backend, "image_mode": self.image_mode, "seed": self.seed, **self.gen_kwargs}})
+            "generation": {"backend": self.backend, "image_mode": self.image_mode, "seed": self.seed,
+                           **self.generation.as_dict()}})
         done = store.done_ids()
         todo = [k for k, image_id in enumerate(ids) if image_id not in done]
         mine = todo[dist.rank::dist.world_size]
@@ -249,7 +245,7 @@ class ReportEvaluator:
                                          self.plugin_paths, dist.device)
         metrics["generation"] = {"backend": self.backend, "image_mode": self.image_mode,
                                  "batch_size": self.batch_size, "final_batch_size": final_batch_size,
-                                 **self.gen_kwargs}
+                                 **self.generation.as_dict()}
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
         return format_metrics(metrics)

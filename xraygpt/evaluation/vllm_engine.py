@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from xraygpt.data.collate import GenerationCollator
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import is_quantized
 
 if TYPE_CHECKING:
@@ -62,15 +63,23 @@ def check_supported(model: XrayGPT, gpu_memory_utilization: float) -> None:
         raise VLLMRefused("evaluation.backend vllm needs the LLM loaded from a folder (model.llm.path)")
 
 
-def check_decoding(num_beams: int, repetition_penalty: float) -> None:
+def check_decoding(generation: GenerationSettings) -> None:
     """Raise a one-line VLLMRefused for decoding settings this path does not do as `XrayGPT.generate` does."""
-    if num_beams != 1:
+    if generation.num_beams != 1:
         raise VLLMRefused(f"evaluation.backend vllm does greedy decoding and sampling, not beam search (num_beams "
-                         f"{num_beams}); use evaluation.backend transformers")
-    if repetition_penalty != 1:
-        raise VLLMRefused(f"evaluation.backend vllm takes no repetition_penalty ({repetition_penalty}): vLLM would "
-                         "apply it to prompt ids that an embeddings prompt does not have; use evaluation.backend "
-                         "transformers")
+                          f"{generation.num_beams}); use evaluation.backend transformers")
+    if generation.repetition_penalty != 1:
+        raise VLLMRefused(f"evaluation.backend vllm takes no repetition_penalty ({generation.repetition_penalty}): "
+                          "vLLM would apply it to prompt ids that an embeddings prompt does not have; use "
+                          "evaluation.backend transformers")
+
+
+def sampling_params(generation: GenerationSettings, end_sym: str) -> dict:
+    """vLLM SamplingParams arguments for `generation` (checked by `check_decoding`): greedy is temperature 0."""
+    return {"max_tokens": generation.max_new_tokens,
+            "temperature": generation.temperature if generation.do_sample else 0.0,
+            "top_p": generation.top_p if generation.do_sample else 1.0,
+            "stop": [end_sym]}
 
 
 class VLLMEngine:
@@ -97,24 +106,19 @@ class VLLMEngine:
                                  gpu_memory_utilization=gpu_memory_utilization, seed=seed, enable_prompt_embeds=True)
 
     @torch.no_grad()
-    def __call__(self, model: XrayGPT, samples: list[dict], max_new_tokens: int, num_beams: int = 1,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 repetition_penalty: float = 1.0) -> list[str]:
+    def __call__(self, model: XrayGPT, samples: list[dict],
+                 generation: GenerationSettings = GenerationSettings()) -> list[str]:
         """One summary per sample (items as `CaptionDataset.get` returns them), in order; as `XrayGPT.generate`.
 
         vLLM schedules all of `samples` at once (continuous batching), so a large batch is best.
-        Each prompt is its (L_i, Dl) spliced embeddings, the batch's left padding removed.
+        Each prompt is its (L_i, Dl) spliced embeddings (`XrayGPT.embed_inputs`), the batch's left
+        padding removed.
         """
-        check_decoding(num_beams, repetition_penalty)
+        check_decoding(generation)
         batch = GenerationCollator(model.prompt_tokenizer)(samples)
-        embeds = model.embed_inputs(batch["input_ids"].to(model.device), batch["pixel_values"]).cpu()
+        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"]).cpu()
         keep = batch["attention_mask"].bool()
         prompts = [{"prompt_embeds": row[mask]} for row, mask in zip(embeds, keep)]
-        params = self.vllm.SamplingParams(
-            max_tokens=max_new_tokens,
-            temperature=temperature if do_sample else 0.0,
-            top_p=top_p if do_sample else 1.0,
-            stop=[model.prompt_tokenizer.format.end_sym],
-        )
+        params = self.vllm.SamplingParams(**sampling_params(generation, model.prompt_tokenizer.format.end_sym))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [model.prompt_tokenizer.decode_answer(list(out.outputs[0].token_ids)) for out in outputs]

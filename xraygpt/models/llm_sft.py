@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import import_bitsandbytes_offline, is_quantized, load_llm
 from xraygpt.models.loss import target_token_loss
 from xraygpt.registry import register
@@ -135,15 +136,11 @@ class LLMSFT(nn.Module):
         return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 160,
-                 num_beams: int = 1) -> list[str]:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 generation: GenerationSettings = GenerationSettings()) -> list[str]:
         """Answers to left-padded prompts, cut at the end symbol."""
-        out = self.llm.generate(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-            stop_strings=[self.prompt_tokenizer.format.end_sym], tokenizer=self.tokenizer,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-        )
+        out = self.llm.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                **generation.generate_kwargs(self.prompt_tokenizer))
         return [self.prompt_tokenizer.decode_answer(row[input_ids.shape[1]:].tolist()) for row in out]
 
     def merged_llm(self) -> nn.Module:

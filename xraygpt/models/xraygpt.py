@@ -23,6 +23,7 @@ from torch import nn
 
 from xraygpt.constants import IMAGE_TOKEN_ID
 from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import load_llm
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
 from xraygpt.models.loss import target_token_loss
@@ -209,39 +210,17 @@ class XrayGPT(nn.Module):
         return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
 
     @torch.no_grad()
-    def generate(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int = 160,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-    ) -> list[str]:
+    def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 generation: GenerationSettings = GenerationSettings()) -> list[str]:
         """Batched generation from left-padded prompts; returns one clean summary per image.
 
         Args:
             pixel_values: (B, 3, H, W); input_ids, attention_mask: (B, L), LEFT-padded prompts
             from `PromptTokenizer.encode_prompt`.
+            generation: the decoding settings.
         Each row stops at the end symbol (or EOS / max_new_tokens) independently.
         """
         embeds = self.embed_inputs(input_ids, pixel_values)
-        out = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask.to(self.device),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None,
-            top_k=None,
-            repetition_penalty=repetition_penalty,
-            stop_strings=[self.prompt_tokenizer.format.end_sym],
-            tokenizer=self.tokenizer,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
+                                **generation.generate_kwargs(self.prompt_tokenizer))
         return [self.prompt_tokenizer.decode_answer(row.tolist()) for row in out]

@@ -44,6 +44,7 @@ from xraygpt.atomic import atomic_write_text
 from xraygpt.constants import IGNORE_INDEX
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import checkpoint_decoder_layers, compile_decoder_layers
 from xraygpt.registry import register
 from xraygpt import runtime
@@ -95,7 +96,8 @@ class IterRunner:
         resume_ckpt_path: a checkpoint of this run to continue from (refused when another run wrote
             it: other task, model class or training data; or when it is at the last step).
         sample_generations: summaries generated at the end and written to samples.jsonl.
-        max_new_tokens, num_beams: generation settings for those samples.
+        generation: the decoding settings of those samples; in a config, its fields are keys of
+            the `run` section.
         group_by_length: micro-batches of draws of similar token length (map-style training sets).
         gradient_checkpointing: recompute the LLM's layers in the backward pass (less memory, more time).
         compile: torch.compile backend for the LLM's decoder layers (`inductor`); None = not compiled.
@@ -125,8 +127,7 @@ class IterRunner:
         save_freq_steps: int = 0,
         resume_ckpt_path: str | None = None,
         sample_generations: int = 4,
-        max_new_tokens: int = 160,
-        num_beams: int = 1,
+        generation: GenerationSettings = GenerationSettings(),
         group_by_length: bool = False,
         gradient_checkpointing: bool = False,
         compile: Optional[str] = None,
@@ -156,7 +157,7 @@ class IterRunner:
         self.save_freq_steps = save_freq_steps
         self.resume_ckpt_path = resume_ckpt_path
         self.sample_generations = sample_generations
-        self.gen_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+        self.generation = generation
         self.group_by_length = group_by_length
         self.device = dist.device
         self.amp_dtype = model.llm_dtype if (amp and self.device.type == "cuda" and model.llm_dtype != torch.float32) else None
@@ -353,6 +354,6 @@ class IterRunner:
             plot = plot_loss(self.log.read(), self.output_dir / "loss.png", title=str(self.output_dir))
             logger.info("log: %s, loss plot: %s", self.log.path, plot)
             held_out = self.eval_set if self.eval_set is not None else self.train_set
-            self.task.after_training(self.model, held_out, self.output_dir, self.sample_generations, self.gen_kwargs, self.amp_dtype)
+            self.task.after_training(self.model, held_out, self.output_dir, self.sample_generations, self.generation, self.amp_dtype)
         runtime.barrier()
         return {"final_loss": loss_value, "steps": self.total_steps, "checkpoint": str(self.ckpt_dir / "checkpoint_last.pt")}

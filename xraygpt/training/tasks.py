@@ -17,6 +17,7 @@ import torch
 
 from xraygpt.data.collate import ConversationCollator, ConversationPromptCollator, GenerationCollator, TrainCollator
 from xraygpt.data.datasets import MixedDataset
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def write_samples(rows: list[dict], path: Path) -> None:
         logger.info("sample %s\n  generated: %s\n  reference: %s", row["image_id"], row["prediction"], row["reference"])
 
 
-def _sample_rows(model, dataset, collator, count: int, gen_kwargs: dict, amp_dtype, with_images: bool) -> list[dict]:
+def _sample_rows(model, dataset, collator, count: int, generation: GenerationSettings, amp_dtype,
+                 with_images: bool) -> list[dict]:
     samples = [dataset[k] for k in range(min(count, len(dataset)))]
     batch = collator(samples)
     model.eval()
@@ -40,7 +42,7 @@ def _sample_rows(model, dataset, collator, count: int, gen_kwargs: dict, amp_dty
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if with_images:
             inputs["pixel_values"] = batch["pixel_values"].to(device)
-        preds = model.generate(**inputs, **gen_kwargs)
+        preds = model.generate(**inputs, generation=generation)
     model.train()
     return [
         {"image_id": i, "instruction": ins, "prediction": p, "reference": r}
@@ -62,7 +64,8 @@ class ImageTextPretrainTask:
                      pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
 
     @torch.no_grad()
-    def after_training(self, model, dataset, output_dir: Path, sample_count: int, gen_kwargs: dict, amp_dtype=None) -> None:
+    def after_training(self, model, dataset, output_dir: Path, sample_count: int, generation: GenerationSettings,
+                       amp_dtype=None) -> None:
         """Generate `sample_count` summaries from `dataset` into samples.jsonl (a dataset of
         cached features, i.e. a training set without eval_root, has no images to generate from)."""
         if sample_count > 0 and isinstance(dataset, MixedDataset) and dataset.feature_caches():
@@ -70,7 +73,7 @@ class ImageTextPretrainTask:
                            "eval_root with images to generate summaries from")
             return
         if sample_count > 0:
-            rows = _sample_rows(model, dataset, GenerationCollator(model.prompt_tokenizer), sample_count, gen_kwargs, amp_dtype, True)
+            rows = _sample_rows(model, dataset, GenerationCollator(model.prompt_tokenizer), sample_count, generation, amp_dtype, True)
             write_samples(rows, output_dir / "samples.jsonl")
 
 
@@ -85,9 +88,10 @@ class LLMSFTTask:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
 
     @torch.no_grad()
-    def after_training(self, model, dataset, output_dir: Path, sample_count: int, gen_kwargs: dict, amp_dtype=None) -> None:
+    def after_training(self, model, dataset, output_dir: Path, sample_count: int, generation: GenerationSettings,
+                       amp_dtype=None) -> None:
         """Answers for `sample_count` conversations into samples.jsonl; the LLM to output_dir/hf_model."""
         if sample_count > 0:
-            rows = _sample_rows(model, dataset, ConversationPromptCollator(model.prompt_tokenizer), sample_count, gen_kwargs, amp_dtype, False)
+            rows = _sample_rows(model, dataset, ConversationPromptCollator(model.prompt_tokenizer), sample_count, generation, amp_dtype, False)
             write_samples(rows, output_dir / "samples.jsonl")
         model.export_pretrained(output_dir / "hf_model")

@@ -28,8 +28,9 @@ from typing import Iterator
 import gradio as gr
 from PIL import Image
 
-from xraygpt.chat import ChatInputError, ChatSession, GenerationSettings
+from xraygpt.chat import ChatInputError, ChatSession
 from xraygpt.data.transforms import to_grayscale
+from xraygpt.models.generation import GenerationSettings
 from xraygpt.ui.settings import DemoSettings
 from xraygpt.ui.uploads import UploadError, read_xray
 
@@ -128,8 +129,8 @@ class Handlers:
         messages, dropped = user.messages, user.session.dropped_turns
         try:
             temperature, num_beams, max_new_tokens = controls
-            settings = GenerationSettings(int(max_new_tokens), int(num_beams), float(temperature))
-            replies = user.session.stream_reply(question or "", settings)
+            generation = GenerationSettings.from_controls(int(max_new_tokens), int(num_beams), float(temperature))
+            replies = user.session.stream_reply(question or "", generation)
         except (ChatInputError, TypeError, ValueError) as exc:
             messages.append(notice(str(exc)))
             yield None

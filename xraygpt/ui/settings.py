@@ -15,6 +15,10 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt.config import load_config
+from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
+
+# The generation defaults the demo's controls start from (defined once, in GenerationSettings).
+_GENERATION = GenerationSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +33,9 @@ class DemoSettings:
         concurrency_limit: answers generated at the same time (all users share one model).
         max_queue_size: requests waiting beyond those; more are refused with "queue full".
         device: `auto` (CUDA when available, else CPU), `cpu`, `cuda:0`, ...
-        max_new_tokens, num_beams, temperature: initial generation controls (temperature 0 =
-            deterministic; beams > 1 show the answer when it is complete instead of streaming).
+        max_new_tokens, num_beams, temperature: initial generation controls, defaults from
+            `GenerationSettings` (temperature 0 = deterministic; beams > 1 show the answer when it
+            is complete instead of streaming); `GenerationSettings.from_controls` reads them.
         context_window: tokens the LLM attends to; 0 = the LLM's `max_position_embeddings`.
         auto_summary: summarise an image as soon as it is uploaded (else on the button).
         summary_instruction: the question asked for a summary (the image is put before it).
@@ -50,9 +55,9 @@ class DemoSettings:
     concurrency_limit: int = 1
     max_queue_size: int = 64
     device: str = "auto"
-    max_new_tokens: int = 160
-    num_beams: int = 1
-    temperature: float = 0.0
+    max_new_tokens: int = _GENERATION.max_new_tokens
+    num_beams: int = _GENERATION.num_beams
+    temperature: float = _GENERATION.control_temperature
     context_window: int = 0
     auto_summary: bool = True
     summary_instruction: str = "Describe the findings and impression of this chest X-ray."
@@ -64,14 +69,22 @@ class DemoSettings:
     delete_uploads_after_s: int = 3600
 
     def __post_init__(self):
-        for key in ("concurrency_limit", "max_queue_size", "max_new_tokens", "num_beams", "max_image_pixels",
-                    "max_upload_mb", "min_image_side", "delete_uploads_after_s"):
+        for key in ("concurrency_limit", "max_queue_size", "max_image_pixels", "max_upload_mb", "min_image_side",
+                    "delete_uploads_after_s"):
             if getattr(self, key) < 1:
                 raise ValueError(f"demo.{key} must be at least 1, got {getattr(self, key)}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"demo.port must be in 0..65535, got {self.port}")
-        if self.temperature < 0 or self.context_window < 0:
-            raise ValueError("demo.temperature and demo.context_window must be 0 or more")
+        if self.context_window < 0:
+            raise ValueError(f"demo.context_window must be 0 or more, got {self.context_window}")
+        try:
+            self.generation()
+        except GenerationSettingsError as exc:
+            raise ValueError(f"demo.{exc.key} {exc.reason}") from None
+
+    def generation(self) -> GenerationSettings:
+        """The generation settings the demo's controls start from."""
+        return GenerationSettings.from_controls(self.max_new_tokens, self.num_beams, self.temperature)
 
     def auth(self) -> list[tuple[str, str]] | None:
         """The (user, password) pairs of `auth_file`, or None without one."""
