@@ -116,3 +116,29 @@ def test_auth_file(tmp_path):
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DemoSettings(**kwargs)
+
+
+def test_sweeper_deletes_old_uploads_and_survives_its_folder_going(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from xraygpt.ui.app import UploadSweeper
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    sweeper = UploadSweeper(age=3600)
+    old, new = sweeper.folder / "a" / "old.png", sweeper.folder / "new.png"
+    old.parent.mkdir()
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (1, 1))
+    assert sweeper.sweep() == 1
+    assert not old.exists() and new.exists()
+    shutil.rmtree(sweeper.folder)
+    assert sweeper.sweep() == 0
+
+    def vanished_mid_walk(self, pattern):  # a sub-folder removed while rglob lists it
+        raise FileNotFoundError(2, "No such file or directory", str(self / "a"))
+        yield
+
+    monkeypatch.setattr(type(sweeper.folder), "rglob", vanished_mid_walk)
+    assert sweeper.sweep() == 0  # no traceback from the sweeper thread at process exit or teardown

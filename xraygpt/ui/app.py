@@ -226,7 +226,11 @@ class UploadSweeper:
     def sweep(self) -> int:
         """Delete the files older than `age`; returns how many."""
         now, removed = time.time(), 0
-        for path in self.folder.rglob("*"):
+        try:
+            paths = list(self.folder.rglob("*"))
+        except OSError:  # the folder went away while it was walked (process exit, a test's teardown)
+            return 0
+        for path in paths:
             try:
                 if path.is_file() and now - path.stat().st_mtime > self.age:
                     path.unlink()
