@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -31,21 +30,34 @@ DEFAULT_SWIN_CONFIG = Path(__file__).parent / "configs" / "swin_tiny_medclip.jso
 OUTPUT_MODES = ("patch", "pooled")
 CHECKPOINT_FILENAMES = ("pytorch_model.bin", "model.safetensors", "pytorch_model.pt")
 
-# transformers 4.x Swin parameter names -> transformers 5.x names (regex, replacement).  The
-# block-level `output.dense` (MLP fc2) must be rewritten after `attention.output.dense`.
-_V4_TO_V5 = (
-    (re.compile(r"\.attention\.self\.query\."), ".attention.q_proj."),
-    (re.compile(r"\.attention\.self\.key\."), ".attention.k_proj."),
-    (re.compile(r"\.attention\.self\.value\."), ".attention.v_proj."),
-    (re.compile(r"\.attention\.output\.dense\."), ".attention.o_proj."),
-    (
-        re.compile(r"\.attention\.self\.relative_position_bias_table$"),
-        ".attention.relative_position_bias.relative_position_bias_table",
-    ),
-    (re.compile(r"\.intermediate\.dense\."), ".mlp.fc1."),
-    (re.compile(r"(\.blocks\.\d+)\.output\.dense\."), r"\1.mlp.fc2."),
+# THE map between transformers 4.x Swin parameter names (MedCLIP's released file) and 5.x names:
+# (4.x fragment, 5.x fragment), applied in order by `map_swin_v4_keys`; `swin_v5_to_v4` applies
+# the same pairs reversed, in reverse order.  The block-level `.output.dense.` (MLP fc2) comes
+# after `.attention.output.dense.`, which it would otherwise also match.
+SWIN_V4_TO_V5 = (
+    (".attention.self.query.", ".attention.q_proj."),
+    (".attention.self.key.", ".attention.k_proj."),
+    (".attention.self.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."),
+    (".attention.self.relative_position_bias_table", ".attention.relative_position_bias.relative_position_bias_table"),
+    (".attention.self.relative_position_index", ".attention.relative_position_bias.relative_position_index"),
+    (".intermediate.dense.", ".mlp.fc1."),
+    (".output.dense.", ".mlp.fc2."),
 )
 
+
+def swin_v4_to_v5(key: str) -> str:
+    """One 4.x Swin parameter name in 5.x names (a 5.x name passes through unchanged)."""
+    for v4, v5 in SWIN_V4_TO_V5:
+        key = key.replace(v4, v5)
+    return key
+
+
+def swin_v5_to_v4(key: str) -> str:
+    """The inverse of `swin_v4_to_v5`, derived from the same table."""
+    for v4, v5 in reversed(SWIN_V4_TO_V5):
+        key = key.replace(v5, v4)
+    return key
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -69,10 +81,7 @@ def map_swin_v4_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, value in state_dict.items():
         if key.endswith("relative_position_index"):
             continue  # a derived buffer, rebuilt by the module and no longer stored in 5.x
-        new_key = key
-        for pattern, replacement in _V4_TO_V5:
-            new_key = pattern.sub(replacement, new_key)
-        mapped[new_key] = value
+        mapped[swin_v4_to_v5(key)] = value
     return mapped
 
 
@@ -226,28 +235,12 @@ class MedCLIPVisionEncoder(nn.Module):
 
 
 def _to_v4_names(state: dict[str, torch.Tensor], encoder: MedCLIPVisionEncoder) -> dict[str, torch.Tensor]:
-    """Inverse of `map_swin_v4_keys`, re-adding the `relative_position_index` buffers 4.x stored."""
-    inverse = (
-        (".attention.q_proj.", ".attention.self.query."),
-        (".attention.k_proj.", ".attention.self.key."),
-        (".attention.v_proj.", ".attention.self.value."),
-        (".attention.o_proj.", ".attention.output.dense."),
-        (".mlp.fc1.", ".intermediate.dense."),
-        (".mlp.fc2.", ".output.dense."),
-        (
-            ".attention.relative_position_bias.relative_position_bias_table",
-            ".attention.self.relative_position_bias_table",
-        ),
-    )
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for new, old in inverse:
-            key = key.replace(new, old)
-        out[key] = value
+    """Inverse of `map_swin_v4_keys` (`swin_v5_to_v4`), re-adding the `relative_position_index`
+    buffers 4.x stored."""
+    out = {swin_v5_to_v4(key): value for key, value in state.items()}
     for name, buf in encoder.named_buffers():
         if name.endswith("relative_position_index"):
-            old = name.replace(".attention.relative_position_bias.", ".attention.self.")
-            out[old] = buf.clone()
+            out[swin_v5_to_v4(name)] = buf.clone()
     return out
 
 
