@@ -3,21 +3,36 @@
 `atomic_write`: a temporary file beside the target, flushed to disk, renamed over it; a kill, a
 full disk or a permission error mid-write leaves the target as it was (or absent) and no
 temporary file behind, and the error is raised as `AtomicWriteError` naming the target.
+Files get the usual permissions (0666 less the umask), not the temporary file's private 0600.
+`atomic_folder`: a folder filled under a temporary name beside its target and renamed to it when
+complete, so the target is either whole or absent; a killed build's temporary folder is removed
+by the next build of the same target.
 `append_lines`: a line torn by a killed writer is cut away before new lines are appended, so
 the next line never lands on it (both would be lost).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable, Iterator
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicWriteError(OSError):
     """A write that failed (disk full, permission denied, ...), naming the file; nothing partial is left
     (an append may leave a torn last line, which the next `append_lines` cuts)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -33,6 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp made it private
         os.replace(tmp, target)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -46,6 +62,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside `path`; when the block ends without an error it gets the
+    usual permissions and is renamed to `path`, otherwise it is removed.  Temporary folders of
+    earlier builds of `path` (killed runs) are removed first.  `path` must not exist."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            logger.warning("removed %s, the unfinished build of a killed run", stale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def drop_torn_tail(path: str | os.PathLike) -> int:

@@ -49,16 +49,15 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 import webdataset as wds
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from xraygpt.atomic import atomic_folder, atomic_write, atomic_write_text
 from xraygpt.data.formats import DatasetError, read_json
 from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.transforms import DECODE_ERRORS
@@ -210,20 +209,6 @@ def source_items(dataset) -> torch.utils.data.Dataset:
     return _ShardImages(dataset) if isinstance(dataset, ShardDataset) else _FileImages(dataset)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsynced_rename(tmp: Path, target: Path) -> None:
-    """Flush `tmp` to disk, give it the usual file permissions, rename it to `target`."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, target)
-
-
 def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.PathLike, source: dict,
                         dtype: str = "float16", shard_size: int = 4096, device: str | torch.device = "cpu",
                         total: int | None = None) -> dict:
@@ -250,33 +235,26 @@ def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.Pa
         raise FeatureCacheError(f"shard size must be >= 1, got {shard_size}")
     if target.exists():
         raise FeatureCacheError(f"feature cache folder {target} already exists; choose a new --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed build of the same cache
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-            logger.warning("removed %s, the unfinished build of a killed run", stale)
     record = encoder_record(encoder)
     encoder = encoder.to(device).eval()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     samples: list[list[str]] = []
     dropped: dict[str, str] = {}
     shards: list[dict] = []
     pending: list[torch.Tensor] = []
 
-    def flush(final: bool) -> None:
+    def flush(tmp: Path, final: bool) -> None:
         rows = torch.cat(pending) if pending else torch.empty(0)
         pending.clear()
         while len(rows) >= shard_size or (final and len(rows)):
             name = SHARD_PATTERN % len(shards)
-            part = tmp / f".{name}.tmp"
-            save_file({"features": rows[:shard_size].contiguous()}, str(part))
-            _fsynced_rename(part, tmp / name)
+            data = save({"features": rows[:shard_size].contiguous()})
+            atomic_write(tmp / name, lambda handle: handle.write(data))
             shards.append({"file": name, "samples": min(shard_size, len(rows))})
             rows = rows[shard_size:]
         if len(rows):
             pending.append(rows)
 
-    try:
+    with atomic_folder(target) as tmp:  # DIR appears whole, when complete
         with torch.inference_mode(), tqdm(total=total, desc="encode", unit="img", dynamic_ncols=True) as bar:
             for items in batches:
                 good = [it for it in items if it[2] is not None]
@@ -292,20 +270,14 @@ def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.Pa
                                                 "use --dtype float32")
                     pending.append(feats)
                     samples += [[it[0], it[1]] for it in good]
-                    flush(final=False)
+                    flush(tmp, final=False)
                 bar.update(len(items))
-        flush(final=True)
+        flush(tmp, final=True)
         if not samples:
             raise FeatureCacheError(f"no image of {source.get('root')} could be encoded")
         manifest = {"format": FORMAT, "version": VERSION, "dtype": dtype, "encoder": record, "source": source,
                     "shards": shards, "samples": samples, "dropped": dropped}
-        (tmp / f".{MANIFEST}.tmp").write_text(json.dumps(manifest, ensure_ascii=False))
-        _fsynced_rename(tmp / f".{MANIFEST}.tmp", tmp / MANIFEST)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it private
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, ensure_ascii=False))
     logger.info("feature cache %s: %d samples in %d shards (%s, %s %d x %d), %d left out", target, len(samples),
                 len(shards), dtype, record["output"], record["num_tokens"], record["dim"], len(dropped))
     return manifest
