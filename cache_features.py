@@ -15,7 +15,7 @@ runtime.offline_environment()
 import torch  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 from xraygpt.data.feature_cache import DTYPES, source_items, write_feature_cache  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                              collate_fn=list, pin_memory=device.type == "cuda",
                                              worker_init_fn=runtime.single_threaded_worker)
         write_feature_cache(encoder, loader, args.out, source, args.dtype, args.shard_size, device, total=len(items))
-    except (ValueError, KeyError, OSError) as exc:
+    except ERRORS as exc:
         return startup_error(exc, args.debug)
     return 0
 

@@ -19,7 +19,7 @@ runtime.offline_environment()
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
 from xraygpt.ui.settings import demo_settings, load_demo_config  # noqa: E402
 
 # demo.<key> set by the flag of the same name when given
@@ -53,15 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = demo_settings(cfg)
         settings.auth()  # a bad auth file fails here, before the model loads
         model = builders.build_model(cfg.model).to(runtime.resolve_device(settings.device)).eval()
-    except (ValueError, KeyError, OSError) as exc:
+    except ERRORS as exc:
         return startup_error(exc, args.debug)
     from xraygpt.ui.app import build_app, launch  # Gradio is imported only to serve
 
     try:
         launch(build_app(model, settings), settings)
     except OSError as exc:  # the port is taken, the host is not an interface of this machine, ...
-        print(f"error: cannot serve on {settings.host}:{settings.port}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return startup_error(exc, args.debug, f"cannot serve on {settings.host}:{settings.port}")
     return 0
 
 

@@ -19,12 +19,10 @@ runtime.offline_environment()
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config, settings_arguments  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
-
-ERRORS = (ValueError, KeyError, OSError, ImportError)
 
 
 def load_eval_config(path: str | Path, options: list[str] | None = None):

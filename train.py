@@ -16,7 +16,7 @@ runtime.offline_environment()
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import add_config_arguments, startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
 from xraygpt.config import load_config  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval", model.prompt_tokenizer)
         runner = builders.build_runner(cfg, model, train_set, eval_set, dist)
         runner.train()
-    except (ValueError, KeyError, OSError) as exc:
+    except ERRORS as exc:
         return startup_error(exc, args.debug)
     finally:
         runtime.cleanup()

@@ -1,5 +1,12 @@
-"""What the command-line entry points (train.py, evaluate.py, demo.py) share: the config
-arguments and the one-line report of a start-up error."""
+"""What the command-line entry points share: the config arguments and the one error path.
+
+Every entry point (train.py, evaluate.py, demo.py, cache_features.py, `python -m
+xraygpt.data.prepare`, `python -m xraygpt.evaluation.chexpert_rules`) catches `ERRORS` around its
+work and reports it through `startup_error`: one line `error: <first line of the message>` on
+stderr and exit status 2 (with `--debug`, where an entry point has it, the traceback instead).
+The library raises only subclasses of these (ConfigError, DatasetError, RegistryError,
+AtomicWriteError, a missing optional package's ImportError, ...).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +24,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg_help: str, options
                         help="print the resolved config (all defaults filled in) and exit")
 
 
-def startup_error(exc: BaseException, debug: bool) -> int:
-    """Print `error: <first line of exc>` to stderr and return exit status 2; with `debug`, re-raise."""
+# What every entry point reports in one line instead of a traceback.
+ERRORS = (ValueError, KeyError, OSError, ImportError)
+EXIT_STATUS = 2
+
+
+def startup_error(exc: BaseException, debug: bool = False, context: str = "") -> int:
+    """Print `error: [<context>: ]<first line of exc>` to stderr and return EXIT_STATUS; with `debug`,
+    re-raise."""
     if debug:
         raise exc
-    print(f"error: {first_line(exc)}", file=sys.stderr)
-    return 2
+    print(f"error: {context + ': ' if context else ''}{first_line(exc)}", file=sys.stderr)
+    return EXIT_STATUS

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xraygpt.cli import ERRORS, startup_error
+
 OBSERVATIONS: tuple[str, ...] = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -254,9 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reports = read_reports(args.file, args.field)
         labeler = ChexpertRuleLabeler(args.phrases_dir)
-    except (ValueError, OSError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    except ERRORS as exc:
+        return startup_error(exc)
     start = time.perf_counter()
     labels = labeler.label_many(reports)
     seconds = time.perf_counter() - start

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import xraygpt.data.prepare as package
 from xraygpt import runtime
-from xraygpt.data.formats import DatasetError
-from xraygpt.models.llm import LLMLoadError
-from xraygpt.data.prepare.fidelity import FidelityError, fidelity_table, read_prepared, table_lines
+from xraygpt.atomic import atomic_write_text
+from xraygpt.cli import ERRORS, startup_error
+from xraygpt.data.prepare.fidelity import fidelity_table, read_prepared, table_lines
 from xraygpt.data.prepare.llm_summary import BACKENDS, DEFAULT_PROMPT, LLMSummarizer
 from xraygpt.data.prepare.mimic import prepare_mimic
 from xraygpt.data.prepare.openi import prepare_openi
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stats = prepare_shards(args.format, Path(args.root), out, args.split, args.ann_file, args.image_dir,
                                    args.maxcount, args.maxsize_mb * 1_000_000, not args.no_verify_images)
-    except (PrepareError, DatasetError, LLMLoadError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ERRORS as exc:  # PrepareError, DatasetError, LLMLoadError, ... are ValueErrors
+        return startup_error(exc)
     print("\n".join(summary_lines(stats)))
     if "fidelity" in stats:
         print("\n".join(table_lines(stats["fidelity"])))
@@ -122,10 +121,9 @@ def fidelity_main(folder: Path, json_path: str | None) -> int:
     try:
         table = fidelity_table(*read_prepared(folder))
         if json_path:
-            Path(json_path).write_text(json.dumps(table, indent=1))
-    except (FidelityError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            atomic_write_text(json_path, json.dumps(table, indent=1))
+    except ERRORS as exc:  # FidelityError is a ValueError
+        return startup_error(exc)
     print("\n".join(table_lines(table)))
     return 0
 
