@@ -43,7 +43,7 @@ PROMPTS = str(REPO / "prompts" / "alignment.txt")
 
 
 def synthetic_root(folder: Path) -> Path:
-    from xraygpt.data.synthetic import generate_dataset
+    from xraygpt.embedded.dataset import generate_dataset
 
     generate_dataset(folder, num_train=8, num_val=0, num_test=0, seed=0, image_size=512)
     return folder / "train"

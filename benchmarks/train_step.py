@@ -73,7 +73,8 @@ def captions(limit: int, seed: int, path: Path = SHARED_CAPTIONS) -> list[str]:
         return [a["caption"] for a in json.loads(path.read_text())["annotations"]][:limit]
     import numpy as np
 
-    from xraygpt.data.synthetic import FINDINGS, write_summary
+    from xraygpt.embedded.anatomy import FINDINGS
+    from xraygpt.embedded.summaries import write_summary
 
     rng = np.random.default_rng(seed)
     return [write_summary(frozenset(f for f in FINDINGS if rng.random() < 0.3), rng) for _ in range(limit)]
@@ -82,7 +83,7 @@ def captions(limit: int, seed: int, path: Path = SHARED_CAPTIONS) -> list[str]:
 def summary_tokenizer(texts: list[str], folder: Path, real: bool):
     """A SentencePiece LLaMA tokenizer trained on `texts` in `folder`: 8000 pieces on real summaries,
     1000 on synthetic ones (their few hundred words cannot fill 8000)."""
-    from xraygpt.embedded import train_tokenizer
+    from xraygpt.embedded.assets import train_tokenizer
     from xraygpt.models.llm import load_tokenizer
 
     train_tokenizer(texts, folder, vocab_size=8000 if real else 1000)

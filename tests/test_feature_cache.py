@@ -16,7 +16,7 @@ import cache_features
 from xraygpt.data import feature_cache
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.prepare.to_shards import prepare_shards
-from xraygpt.embedded import write_tiny_encoder
+from xraygpt.embedded.assets import write_tiny_encoder
 from xraygpt.training.checkpoint import read_checkpoint
 
 

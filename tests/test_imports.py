@@ -1,5 +1,6 @@
-"""The import graph of the library: no circle, nothing below the entry points imports them, and
-nothing outside training/ (and the builders that construct the runner) imports training/."""
+"""The import graph of the library: no circle, nothing below the entry points imports them,
+nothing outside training/ (and the builders that construct the runner) imports training/, and
+nothing outside the embedded wing imports it (the wing is an application of the library)."""
 
 import ast
 
@@ -7,6 +8,7 @@ from conftest import REPO
 
 ENTRY_POINTS = {p.stem for p in REPO.glob("*.py") if p.stem != "setup"}
 MAY_IMPORT_TRAINING = ("xraygpt.training", "xraygpt.builders", "xraygpt.components")
+WING = "xraygpt.embedded"
 
 
 def library_imports() -> dict[str, set[str]]:
@@ -75,3 +77,14 @@ def test_the_library_imports_no_entry_point_and_training_only_from_above():
                      if d.startswith("xraygpt.training") and not m.startswith(MAY_IMPORT_TRAINING)]
     assert into_training == []
     assert {"train", "evaluate", "demo", "cache_features"} <= ENTRY_POINTS
+
+
+def in_wing(module: str) -> bool:
+    return module == WING or module.startswith(WING + ".")
+
+
+def test_the_library_does_not_import_the_embedded_wing():
+    graph = library_imports()
+    into_wing = [(m, d) for m, deps in graph.items() for d in deps if in_wing(d) and not in_wing(m)]
+    assert into_wing == []
+    assert {"xraygpt.embedded.dataset", "xraygpt.embedded.pipeline"} <= set(graph)  # the walk sees the wing

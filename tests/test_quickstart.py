@@ -13,7 +13,7 @@ import time
 import pytest
 
 import train
-from xraygpt import embedded
+from xraygpt.embedded import __main__ as embedded
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ def test_loss_only_on_assistant_turns_and_multi_turn_layout(ptok):
 @pytest.mark.skipif(not SHARED_OPENI.is_dir(), reason="../shared/data/openi-sample is not present")
 def test_stage0_lowers_held_out_perplexity_on_real_openi_summaries(tmp_path):
     """Train on 5,000 real OpenI summaries, measure on 400 held-out ones: >= 30% lower perplexity."""
-    from xraygpt.embedded import write_tiny_llm
+    from xraygpt.embedded.assets import write_tiny_llm
 
     anns = json.loads((SHARED_OPENI / "filter_cap.json").read_text())["annotations"]
     train, held_out = anns[:5000], anns[-400:]

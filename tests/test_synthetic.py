@@ -1,4 +1,5 @@
-"""Tests for the synthetic chest X-ray dataset generator (xraygpt.data.synthetic)."""
+"""Tests for the synthetic chest X-ray world of the embedded default (xraygpt.embedded: drawing, summaries,
+their labeler, the dataset writer and its command line)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xraygpt.data.synthetic import (
-    FINDINGS,
-    draw_radiograph,
-    findings_in_text,
-    generate_dataset,
-    main,
-    write_summary,
-)
+from xraygpt.embedded.__main__ import main
+from xraygpt.embedded.anatomy import FINDINGS
+from xraygpt.embedded.dataset import generate_dataset
+from xraygpt.embedded.labeler import findings_in_text
+from xraygpt.embedded.render import draw_radiograph
+from xraygpt.embedded.summaries import write_summary
 
 ALL_SUBSETS = [frozenset(c) for r in range(len(FINDINGS) + 1) for c in itertools.combinations(FINDINGS, r)]
 LOW = 112  # findings must survive downscaling to this size
@@ -171,7 +170,7 @@ def test_balance_of_findings(tmp_path: Path) -> None:
 
 def test_cli_main(tmp_path: Path) -> None:
     root = tmp_path / "cli"
-    rc = main(["--root", str(root), "--num-train", "3", "--num-val", "1", "--num-test", "2",
+    rc = main(["data", "--root", str(root), "--num-train", "3", "--num-val", "1", "--num-test", "2",
                "--seed", "4", "--image-size", "40"])
     assert rc == 0
     assert len(list((root / "train" / "image").glob("*.png"))) == 3

@@ -1,2 +1,3 @@
 """Data: preprocessing, datasets (XrayGPT, R2Gen and webdataset-shard formats), preparation of the
-raw MIMIC-CXR / OpenI releases, sampling, collation, synthetic data."""
+raw MIMIC-CXR / OpenI releases, sampling, collation.  (The synthetic dataset generator is part of
+the embedded default, xraygpt/embedded/.)"""

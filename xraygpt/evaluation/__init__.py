@@ -1,4 +1,4 @@
-"""Evaluation: batch generation, report metrics, the CheXpert-style labeler, perplexity, synthetic findings.
+"""Evaluation: batch generation, report metrics, the CheXpert-style labeler, perplexity.
 
     generate          batched generation over a dataset, with image ablations
     evaluator         `ReportEvaluator` behind evaluate.py: generation (resumable, torchrun) + metrics
@@ -9,5 +9,5 @@
     plugins           optional BERTScore / CheXbert / RadGraph from local weights
     compare           several predictions files side by side
     perplexity        held-out perplexity of a stage-0 LLM
-    findings          finding-level P/R/F1 of the synthetic learnability task
+(The synthetic learnability task's finding-level scores live with it, in xraygpt/embedded/.)
 """

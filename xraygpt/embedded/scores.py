@@ -1,6 +1,6 @@
 """Finding-level precision / recall / F1 of generated summaries (the synthetic learnability task).
 
-A summary's findings are read with `xraygpt.data.synthetic.findings_in_text` (negation-aware);
+A summary's findings are read with `labeler.findings_in_text` (negation-aware);
 references come from the split's `labels.json`.  Per finding: TP/FP/FN over the test set, then
 P = TP/(TP+FP), R = TP/(TP+FN), F1 = 2PR/(P+R) (0 when undefined); macro F1 = the mean of the
 per-finding F1s.  Written here because it is ten lines over the task's own label reader.
@@ -8,7 +8,8 @@ per-finding F1s.  Written here because it is ten lines over the task's own label
 
 from __future__ import annotations
 
-from xraygpt.data.synthetic import FINDINGS, findings_in_text
+from xraygpt.embedded.anatomy import FINDINGS
+from xraygpt.embedded.labeler import findings_in_text
 
 
 def finding_scores(predictions: list[str], references: list[frozenset[str] | set[str] | list[str]]) -> dict:

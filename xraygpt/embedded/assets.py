@@ -1,0 +1,178 @@
+"""The asset factory of the embedded default: a tiny MedCLIP-format encoder and a tiny LLaMA.
+
+`write_tiny_encoder(out, seed, train_split, steps)` writes ``out/swin_config.json`` (`TINY_SWIN`:
+112 px, patch 8, 2 stages -> 7 x 7 = 49 final-stage tokens of 128-d, projected to 64-d) and
+``out/pytorch_model.bin`` in MedCLIP's released layout (`vision_model.*` with transformers 4.x
+Swin names, plus `text_model.*` and `logit_scale`), optionally pretrained first on a synthetic
+split's findings (`pretrain_tiny_encoder`: the stand-in for MedCLIP's own pretraining).
+`write_tiny_llm(folder, texts, seed)` writes a SentencePiece BPE tokenizer (512 pieces) trained
+on `texts` and a randomly initialised 2-layer LLaMA (`TINY_LLAMA`: 128-d, 4 heads) as a Hugging
+Face folder; stage 0 (`train_configs/tiny_stage0.yaml`) teaches it the language.
+Images are (N, 3, S, S) MedCLIP-normalised tensors; labels (N, len(FINDINGS)) floats in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE, IMAGE_PLACEHOLDER
+from xraygpt.embedded.anatomy import FINDINGS
+
+logger = logging.getLogger(__name__)
+
+TINY_SWIN = {
+    "model_type": "swin", "image_size": 112, "patch_size": 8, "num_channels": 3, "embed_dim": 64,
+    "depths": [2, 2], "num_heads": [4, 8], "window_size": 7, "mlp_ratio": 4.0,
+    "drop_path_rate": 0.0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+}
+TINY_LLAMA = {
+    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+}
+
+
+def load_labelled_images(split_dir: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, S, S) MedCLIP-normalised images and (N, len(FINDINGS)) 0/1 labels of a synthetic split."""
+    from PIL import Image
+
+    from xraygpt.data.transforms import MedCLIPImageEval
+
+    labels = json.loads((split_dir / "labels.json").read_text())
+    process = MedCLIPImageEval(image_size)
+    images, targets = [], []
+    for image_id, findings in labels.items():
+        with Image.open(split_dir / "image" / f"{image_id}.png") as img:
+            images.append(process(img))
+        targets.append([float(f in findings) for f in FINDINGS])
+    return torch.stack(images), torch.tensor(targets)
+
+
+def _blank_image(size: int) -> torch.Tensor:
+    """(1, 3, size, size): a black image through MedCLIP preprocessing."""
+    from PIL import Image
+
+    from xraygpt.data.transforms import MedCLIPImageEval
+
+    return MedCLIPImageEval(size)(Image.new("L", (size, size), 0)).unsqueeze(0)
+
+
+def _max_projected(encoder, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, projection_dim): max over the projected final-stage patch tokens."""
+    return encoder.projection_head(encoder.model(pixel_values=images).last_hidden_state).max(dim=1).values
+
+
+def pretrain_tiny_encoder(encoder, images: torch.Tensor, labels: torch.Tensor, steps: int = 3000,
+                          batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> float:
+    """Multi-label pretraining of the tiny encoder on synthetic images; returns the final train accuracy.
+
+    MedCLIP was pretrained (image-report semantic matching) and then frozen; this is the
+    embedded default's stand-in: the Swin + projection head learn to predict the findings
+    through a linear classifier on the max over projected patch tokens (findings are local;
+    the classifier is discarded afterwards), so the patch tokens carry them.
+    """
+    torch.manual_seed(seed)
+    classifier = torch.nn.Linear(encoder.projection_head.out_features, labels.shape[1])
+    params = list(encoder.parameters()) + list(classifier.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    encoder.train()
+    for step in range(steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        idx = torch.randint(0, len(images), (batch_size,), generator=generator)
+        batch = images[idx]
+        flip = torch.rand(batch_size, generator=generator) < 0.5  # findings are side-free labels here
+        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        logits = classifier(_max_projected(encoder, batch))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("tiny MedCLIP stand-in pretraining: step %d/%d loss %.3f", step + 1, steps, loss.item())
+    encoder.eval()
+    with torch.no_grad():
+        logits = torch.cat([classifier(_max_projected(encoder, images[i:i + 64])) for i in range(0, len(images), 64)])
+    per_finding = ((logits > 0).float() == labels).float().mean(dim=0)
+    logger.info("tiny MedCLIP stand-in: train accuracy per finding %s", [round(float(a), 3) for a in per_finding])
+    return float(per_finding.mean())
+
+
+def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None, steps: int = 3000) -> Path:
+    """Small Swin + projection head saved as MedCLIP releases it; returns the folder.
+
+    With `train_split` (a synthetic split folder) the encoder is first pretrained on its
+    findings (`pretrain_tiny_encoder`); without, its weights stay random.
+    """
+    from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "swin_config.json").write_text(json.dumps(TINY_SWIN, indent=2))
+    torch.manual_seed(seed)
+    encoder = MedCLIPVisionEncoder(load_swin_config(out / "swin_config.json"), projection_dim=64)
+    if train_split is not None:
+        images, labels = load_labelled_images(train_split, TINY_SWIN["image_size"])
+        # A blank (black) image shows nothing: teach the stand-in that it carries no finding.
+        blank = _blank_image(TINY_SWIN["image_size"])
+        n_blank = max(1, len(images) // 20)
+        images = torch.cat([images, blank.expand(n_blank, -1, -1, -1)])
+        labels = torch.cat([labels, torch.zeros(n_blank, labels.shape[1])])
+        accuracy = pretrain_tiny_encoder(encoder, images, labels, steps=steps, seed=seed)
+        logger.info("tiny MedCLIP stand-in: per-finding train accuracy %.3f", accuracy)
+    state = encoder.medclip_state_dict(names="v4")
+    # The text tower and temperature MedCLIP ships beside the vision weights (ignored on load).
+    state["text_model.projection_head.weight"] = torch.randn(64, 32)
+    state["text_model.model.embeddings.word_embeddings.weight"] = torch.randn(16, 32)
+    state["logit_scale"] = torch.tensor(3.0)
+    torch.save(state, out / "pytorch_model.bin")
+    return out
+
+
+def train_tokenizer(texts: list[str], folder: Path, vocab_size: int = 512) -> None:
+    """Train a SentencePiece BPE model on `texts` and save it as a Hugging Face LLaMA tokenizer."""
+    import sentencepiece as spm
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = str(Path(tmp) / "tokenizer")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
+            user_defined_symbols=[DEFAULT_END_SYM], minloglevel=2, num_threads=1,
+        )
+        (folder / "tokenizer.model").write_bytes(Path(prefix + ".model").read_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "model_max_length": TINY_LLAMA["max_position_embeddings"],
+    }, indent=2))
+
+
+def conversation_texts(captions: list[str], instructions: list[str], rng: random.Random) -> list[str]:
+    """Template-formatted text-only conversations (the image placeholder removed)."""
+    texts = []
+    for caption in captions:
+        instruction = rng.choice(instructions).replace(IMAGE_PLACEHOLDER, "")
+        texts.append(DEFAULT_PROMPT_TEMPLATE.format(instruction) + caption + DEFAULT_END_SYM)
+    return texts
+
+
+def write_tiny_llm(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """SentencePiece tokenizer trained on `texts` + a randomly initialised 2-layer LLaMA, as an HF folder.
+
+    The LLaMA learns the language in stage 0 (`train_configs/tiny_stage0.yaml`).
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    train_tokenizer(texts, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, **TINY_LLAMA)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder
