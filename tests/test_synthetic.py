@@ -18,6 +18,7 @@ from xraygpt.embedded.anatomy import FINDINGS
 from xraygpt.embedded.dataset import generate_dataset
 from xraygpt.embedded.labeler import findings_in_text
 from xraygpt.embedded.render import draw_radiograph
+from xraygpt.embedded.scores import finding_scores
 from xraygpt.embedded.summaries import write_summary
 
 ALL_SUBSETS = [frozenset(c) for r in range(len(FINDINGS) + 1) for c in itertools.combinations(FINDINGS, r)]
@@ -343,3 +344,17 @@ def test_nodule_is_a_small_bright_blob_inside_a_lung() -> None:
         yn = (ys + 0.5) / LOW * 2 - 1
         assert np.all(np.abs(xn) > 0.12) and np.all(np.abs(xn) < 0.8)
         assert np.all(yn > -0.7) and np.all(yn < 0.55)
+
+
+def test_finding_scores_count_per_finding_and_average_over_findings() -> None:
+    predictions = ["There is cardiomegaly. No pleural effusion.", "Normal chest radiograph.",
+                   "A right pneumothorax. Cardiomegaly."]
+    scores = finding_scores(predictions, [["cardiomegaly"], ["cardiomegaly"], ["pneumothorax"]])
+    per = scores["per_finding"]
+    assert per["cardiomegaly"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}  # TP 1, FP 1, FN 1
+    assert per["pneumothorax"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert per["nodule"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}  # undefined -> 0
+    assert scores["macro_f1"] == 0.375 and scores["predicted_positive_rate"] == 0.25
+    assert json.loads(json.dumps(scores)) == scores  # plain JSON types
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        finding_scores(predictions[:2], [[]])

@@ -1,15 +1,24 @@
 """Finding-level precision / recall / F1 of generated summaries (the synthetic learnability task).
 
-A summary's findings are read with `labeler.findings_in_text` (negation-aware);
-references come from the split's `labels.json`.  Per finding: TP/FP/FN over the test set, then
-P = TP/(TP+FP), R = TP/(TP+FN), F1 = 2PR/(P+R) (0 when undefined); macro F1 = the mean of the
-per-finding F1s.  Written here because it is ten lines over the task's own label reader.
+A summary's findings are read with `labeler.findings_in_text` (negation-aware); references come
+from the split's `labels.json`.  Per finding: TP/FP/FN summed over the test set, then P, R and F1
+by `evaluation.clinical`'s `sample_counts` and `prf`, the project's one P/R/F1 (P = TP/(TP+FP),
+R = TP/(TP+FN), F1 = 2PR/(P+R), 0 when undefined); macro F1 = the mean of the per-finding F1s.
+Scores are plain floats in [0, 1]; supports are counts of images.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from xraygpt.embedded.anatomy import FINDINGS
 from xraygpt.embedded.labeler import findings_in_text
+from xraygpt.evaluation.clinical import prf, sample_counts
+
+
+def _present(finding_sets: list[frozenset[str]]) -> np.ndarray:
+    """(N, len(FINDINGS)) bool: which findings each image has."""
+    return np.array([[f in s for f in FINDINGS] for s in finding_sets], dtype=bool).reshape(-1, len(FINDINGS))
 
 
 def finding_scores(predictions: list[str], references: list[frozenset[str] | set[str] | list[str]]) -> dict:
@@ -23,15 +32,11 @@ def finding_scores(predictions: list[str], references: list[frozenset[str] | set
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     predicted = [findings_in_text(p) for p in predictions]
     truth = [frozenset(r) for r in references]
-    per = {}
-    for f in FINDINGS:
-        tp = sum(f in p and f in t for p, t in zip(predicted, truth))
-        fp = sum(f in p and f not in t for p, t in zip(predicted, truth))
-        fn = sum(f not in p and f in t for p, t in zip(predicted, truth))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per[f] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    counts = sample_counts(_present(predicted), _present(truth)).sum(axis=0)  # (len(FINDINGS), 3): TP, FP, FN
+    precision, recall, f1 = prf(counts[:, 0], counts[:, 1], counts[:, 2])
+    per = {f: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+               "support": int(counts[k, 0] + counts[k, 2])}
+           for k, f in enumerate(FINDINGS)}
     positives = sum(len(p) for p in predicted)
     return {
         "per_finding": per,
