@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xraygpt.atomic import atomic_write_text
 from xraygpt.embedded.anatomy import FINDINGS, sample_case
 from xraygpt.embedded.render import render
 from xraygpt.embedded.summaries import case_summary
@@ -50,22 +50,9 @@ def _assign_findings(n: int, prevalence: float, rng: np.random.Generator) -> lis
     return [frozenset(s) for s in sets]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=True) + "\n").encode("utf-8"))
-
+def _write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented ASCII JSON plus a newline, written whole or not at all."""
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=True) + "\n")
 
 
 def generate_dataset(
@@ -113,8 +100,8 @@ def generate_dataset(
             image.save(image_dir / f"{image_id}.png", format="PNG", compress_level=6)
             annotations.append({"image_id": image_id, "caption": caption})
             labels[image_id] = sorted(findings)
-        _atomic_write_json(split_dir / "labels.json", labels)
-        _atomic_write_json(split_dir / "filter_cap.json", {"annotations": annotations})
+        _write_json(split_dir / "labels.json", labels)
+        _write_json(split_dir / "filter_cap.json", {"annotations": annotations})
         logger.info("wrote %d %s images to %s", n, split, split_dir)
     logger.info("synthetic dataset written to %s in %.1f s", root, time.perf_counter() - started)
     return counts

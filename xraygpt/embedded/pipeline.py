@@ -23,6 +23,7 @@ import logging
 import random
 from pathlib import Path
 
+from xraygpt.atomic import atomic_write_text
 from xraygpt.conversation import load_instructions
 from xraygpt.embedded.anatomy import FINDINGS
 from xraygpt.embedded.assets import conversation_texts, write_tiny_encoder, write_tiny_llm
@@ -59,7 +60,7 @@ def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False
     captions = [a["caption"] for a in json.loads((out / "data" / "mimic" / "train" / "filter_cap.json").read_text())["annotations"]]
     texts = conversation_texts(captions, load_instructions(prompt_path), random.Random(seed))
     write_tiny_llm(out / "llm_tiny", texts, seed)
-    marker.write_text(json.dumps(settings))
+    atomic_write_text(marker, json.dumps(settings))
     return out
 
 
@@ -121,10 +122,8 @@ def evaluate_findings(run_dir: Path, split_dir: Path, out_dir: Path, batch_size:
     for mode in IMAGE_MODES:
         rows = generate_for_dataset(model, dataset, batch_size, mode, model.encoder.image_size, processor,
                                     max_new_tokens=max_new_tokens)
-        with (out_dir / f"predictions_{mode}.jsonl").open("w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        atomic_write_text(out_dir / f"predictions_{mode}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         results[mode] = finding_scores([r["prediction"] for r in rows], [labels[r["image_id"]] for r in rows])
-    (out_dir / "findings_metrics.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out_dir / "findings_metrics.json", json.dumps(results, indent=2))
     logger.info("finding-level scores on %s (%d images):\n%s", split_dir, len(dataset), format_table(results))
     return results
