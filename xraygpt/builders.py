@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
 from xraygpt.config import settings_arguments
-from xraygpt.data.datasets import FeatureCaptionDataset, MixedDataset
-from xraygpt.data.formats import DatasetError
+from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import DatasetError, capabilities_of, dataset_format
 from xraygpt.data.shards import ShardDataset
 
 logger = logging.getLogger(__name__)
@@ -98,11 +98,11 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
         names.append(name)
     if not built:
         return None
-    cached = [isinstance(ds, FeatureCaptionDataset) for ds in built]
+    cached = [capabilities_of(ds).reads_features for ds in built]
     if any(cached) and not all(cached):
         raise DatasetError(f"datasets {', '.join(names)}: either all or none of the training datasets must set "
                            "feature_cache (a batch holds either images or cached features)")
-    if split == "train" and any(isinstance(ds, ShardDataset) for ds in built):
+    if split == "train" and not all(capabilities_of(ds).map_style for ds in built):
         if len(built) > 1:
             raise DatasetError(f"datasets {', '.join(names)}: a dataset in shards (format: webdataset) must be the "
                                "only training dataset; write one shard set from all sources instead")
@@ -134,6 +134,8 @@ def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
     kwargs = dict(datasets[dataset])
     if "vis_processor" not in kwargs:
         raise ValueError(f"datasets.{dataset} has no images to encode")
+    if not dataset_format(kwargs["format"], f"datasets.{dataset}").capabilities.cache_features:
+        raise ValueError(f"datasets.{dataset}: format {kwargs['format']} cannot be encoded into a feature cache")
     processor = dict(kwargs["vis_processor"]["eval"])
     kwargs["vis_processor"] = build_processor(processor)
     kwargs["text_processor"] = build_processor(kwargs["text_processor"]["eval"])

@@ -1,4 +1,4 @@
-"""THE list of modules that register models, datasets, processors, tasks, runners and schedules.
+"""THE list of modules that register models, datasets, dataset formats, processors, tasks, runners and schedules.
 
 Importing a module runs its `@register` decorators; nothing else in the project imports for
 side effects.  Add a new registering module here, and only here.
@@ -11,6 +11,7 @@ import importlib
 REGISTERING_MODULES = (
     "xraygpt.models.xraygpt",
     "xraygpt.models.llm_sft",
+    "xraygpt.data.formats",
     "xraygpt.data.datasets",
     "xraygpt.data.conversations",
     "xraygpt.data.transforms",

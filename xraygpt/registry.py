@@ -1,4 +1,4 @@
-"""Name -> constructor registry for models, datasets, processors, tasks, runners and LR schedules.
+"""Name -> constructor registry for models, datasets, dataset formats, processors, tasks, runners and LR schedules.
 
 Registration is explicit and loud: `register(kind, name)` raises on a duplicate name, and
 `get(kind, name)` raises listing the known names (and the closest one) for an unknown name.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, TypeVar
 
-KINDS = ("model", "dataset", "processor", "task", "runner", "lr_schedule")
+KINDS = ("model", "dataset", "dataset_format", "processor", "task", "runner", "lr_schedule")
 
 _REGISTRY: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
 
@@ -67,3 +67,8 @@ def get(kind: str, name: str) -> Any:
 def names(kind: str) -> list[str]:
     """Sorted registered names of one kind."""
     return sorted(_check_kind(kind))
+
+
+def registered(kind: str) -> dict[str, Any]:
+    """{name: object} of one kind, in registration order (a copy)."""
+    return dict(_check_kind(kind))

@@ -29,7 +29,7 @@ import torch
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.conversation import PromptTokenizer, load_instructions
-from xraygpt.data.formats import DatasetError, read_annotations
+from xraygpt.data.formats import Capabilities, DatasetError, read_annotations
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def parse_turns(record: object) -> tuple[str, list[tuple[str, str]]] | str:
 
 class ConversationDataset(torch.utils.data.Dataset):
     """Validated conversations: `get(i, rng)` -> {"image_id": id, "system", "turns"}."""
+
+    capabilities = Capabilities(map_style=True, group_by_length=False, cache_features=False, reads_features=False)
 
     def __init__(self, name: str, conversations: list[tuple[str, str, list[tuple[str, str]]]]):
         self.name = name

@@ -43,16 +43,14 @@ import torch
 from PIL import Image
 
 from xraygpt.conversation import PromptTokenizer, load_instructions
-from xraygpt.data.feature_cache import FeatureCache, FeatureCacheError
-from xraygpt.data.formats import FORMAT_FILES, DatasetError, image_text_sample, log_dropped, read_samples
+from xraygpt.data.feature_cache import FEATURE_CACHE, FeatureCache, FeatureCacheError
+from xraygpt.data.formats import (IMAGE_FILES, Capabilities, DatasetError, capabilities_of, dataset_format, image_text_sample,
+                                  log_dropped, read_samples)
 from xraygpt.data.shards import ShardDataset, read_manifest
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
-
-FORMATS = tuple(FORMAT_FILES)
-
 
 class CaptionDataset(torch.utils.data.Dataset):
     """Image + summary samples of one source, read from files.
@@ -65,6 +63,8 @@ class CaptionDataset(torch.utils.data.Dataset):
         instructions: instructions to sample from (each holds `<ImageHere>`).
         max_pixels: images with more pixels do not decode (checked from the header).
     """
+
+    capabilities = IMAGE_FILES
 
     def __init__(
         self,
@@ -124,6 +124,8 @@ class FeatureCaptionDataset(torch.utils.data.Dataset):
         max_samples: use only the first N samples of the cache (0 = all).
     """
 
+    capabilities = FEATURE_CACHE
+
     def __init__(self, name: str, cache: FeatureCache, text_processor: Callable[[str], str], instructions: list[str],
                  max_samples: int = 0):
         self.name = name
@@ -172,8 +174,7 @@ def build_caption_dataset(
 
     With `feature_cache`, the samples and their features come from that cache; `root` is not read.
     """
-    if format not in FORMATS:
-        raise DatasetError(f"{name}: unknown dataset format {format!r}; known: {', '.join(FORMATS)}")
+    fmt = dataset_format(format, name)
     instructions = load_instructions(prompt_path)
     if feature_cache:
         try:
@@ -187,10 +188,10 @@ def build_caption_dataset(
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"{name}: dataset root {root_path} does not exist")
-    if format == "webdataset":
+    if not fmt.capabilities.map_style:  # shards: a stream
         if max_samples > 0:
-            raise DatasetError(f"{name}: max_samples is not supported with format webdataset (write fewer shards)")
-        shards, total = read_manifest(root_path, ann_file or FORMAT_FILES[format][0])
+            raise DatasetError(f"{name}: max_samples is not supported with format {format} (write fewer shards)")
+        shards, total = read_manifest(root_path, ann_file or fmt.ann_file)
         logger.info("%s: %d samples in %d shards from %s", name, total, len(shards), root_path)
         return ShardDataset(name, shards, total, vis_processor, text_processor, instructions, max_image_pixels,
                             shuffle_buffer)
@@ -267,6 +268,19 @@ class MixedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.total
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What every member can do."""
+        caps = capabilities_of(self.datasets[0])
+        for ds in self.datasets[1:]:
+            caps = caps & capabilities_of(ds)
+        return caps
+
+    @property
+    def samples(self) -> list[tuple]:
+        """The members' samples, in key order (map-style members only: see `capabilities`)."""
+        return [s for ds in self.datasets for s in ds.samples]
+
     def _member(self, key: int) -> tuple[CaptionDataset | ShardDataset | FeatureCaptionDataset, int]:
         index = key % self.total
         for ds, offset in zip(reversed(self.datasets), reversed(self.offsets)):
@@ -286,7 +300,7 @@ class MixedDataset(torch.utils.data.Dataset):
 
     def feature_caches(self) -> list[FeatureCache]:
         """The feature caches the members read (empty when they read images)."""
-        return [ds.cache for ds in self.datasets if isinstance(ds, FeatureCaptionDataset)]
+        return [ds.cache for ds in self.datasets if capabilities_of(ds).reads_features]
 
     def with_instructions_by_key(self) -> "MixedDataset":
         """A copy whose draws take their instruction from (seed, key) alone (see class docstring)."""
@@ -308,7 +322,7 @@ class MixedDataset(torch.utils.data.Dataset):
         targets: list[list[int]] = []
         prompts: list[list[int]] = []
         for ds in self.datasets:
-            if not isinstance(ds, (CaptionDataset, FeatureCaptionDataset)):
+            if not capabilities_of(ds).group_by_length:
                 raise DatasetError(f"{getattr(ds, 'name', type(ds).__name__)}: token lengths are known only for "
                                    "image-summary datasets in the xraygpt or r2gen format or a feature cache")
             texts = [ds.text_processor(caption) + fmt.end_sym for _, _, caption in ds.samples]

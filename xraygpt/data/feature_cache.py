@@ -58,7 +58,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from xraygpt.atomic import atomic_folder, atomic_write, atomic_write_text
-from xraygpt.data.formats import DatasetError, read_json
+from xraygpt.data.formats import Capabilities, DatasetError, capabilities_of, read_json
 from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.transforms import DECODE_ERRORS
 
@@ -72,6 +72,10 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 # (image id, caption as annotated, preprocessed image (3, H, W) or None, why it is None)
 Item = tuple[str, str, "torch.Tensor | None", str]
+
+
+# What a dataset read from a feature cache can do (xraygpt.data.datasets.FeatureCaptionDataset).
+FEATURE_CACHE = Capabilities(map_style=True, group_by_length=True, cache_features=False, reads_features=True)
 
 
 class FeatureCacheError(DatasetError):
@@ -203,10 +207,11 @@ class _ShardImages(torch.utils.data.IterableDataset):
 
 
 def source_items(dataset) -> torch.utils.data.Dataset:
-    """The encoder's inputs from a CaptionDataset (map-style, in order) or a ShardDataset (streamed)."""
-    from xraygpt.data.shards import ShardDataset
-
-    return _ShardImages(dataset) if isinstance(dataset, ShardDataset) else _FileImages(dataset)
+    """The encoder's inputs from a map-style dataset of image files (in order) or a stream of shards."""
+    caps = capabilities_of(dataset)
+    if not caps.cache_features:
+        raise FeatureCacheError(f"{getattr(dataset, 'name', 'the dataset')}: its samples cannot be encoded into a feature cache")
+    return _FileImages(dataset) if caps.map_style else _ShardImages(dataset)
 
 
 def write_feature_cache(encoder, batches: Iterable[list[Item]], out: str | os.PathLike, source: dict,

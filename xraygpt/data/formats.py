@@ -16,6 +16,10 @@ An R2Gen entry with several images (multi-view) gives one sample per image, all 
 entry's report: ids `<id>_<k>` (k = 1, 2, ... in `image_path` order); a one-image entry keeps
 `<id>`.  Shards (`format: webdataset`) are read by `xraygpt.data.shards`.
 
+Each format is registered (kind `dataset_format`) with its default files and its declared
+`Capabilities`; a dataset object declares the capabilities of what it reads in a `capabilities`
+attribute, and callers ask `capabilities_of(dataset)` instead of checking its type.
+
 Readers never stop at a bad entry: malformed entries, empty captions, duplicate ids (the first
 is kept), image paths that would leave the image folder (absolute, `..`: refused, never read;
 `xraygpt.data.paths`), missing images and (with `verify_images`) files whose header PIL cannot
@@ -30,11 +34,13 @@ import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
+from xraygpt import registry
 from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.transforms import DECODE_ERRORS
 
@@ -42,12 +48,68 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-# Per format: default annotation file and image folder (relative to the dataset root).
-FORMAT_FILES = {
-    "xraygpt": ("filter_cap.json", "image"),
-    "r2gen": ("annotation.json", "images"),
-    "webdataset": ("shards.json", ""),
-}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a dataset can do, declared by the dataset and asked by its callers.
+
+    Attributes:
+        map_style: samples are listed up front and read by index (exact resume, evaluation by
+            image id, a member of MixedDataset that trains); False: a stream (shards).
+        group_by_length: each draw's token length is known before it is loaded (run.group_by_length).
+        cache_features: its images can be encoded into a feature cache (cache_features.py).
+        reads_features: its samples carry cached encoder features instead of pixels.
+    """
+
+    map_style: bool
+    group_by_length: bool
+    cache_features: bool
+    reads_features: bool
+
+    def __and__(self, other: "Capabilities") -> "Capabilities":
+        """What two datasets can both do."""
+        return Capabilities(self.map_style and other.map_style, self.group_by_length and other.group_by_length,
+                            self.cache_features and other.cache_features, self.reads_features and other.reads_features)
+
+
+NO_CAPABILITIES = Capabilities(map_style=False, group_by_length=False, cache_features=False, reads_features=False)
+IMAGE_FILES = Capabilities(map_style=True, group_by_length=True, cache_features=True, reads_features=False)
+IMAGE_STREAM = Capabilities(map_style=False, group_by_length=False, cache_features=True, reads_features=False)
+
+
+def capabilities_of(dataset: object) -> Capabilities:
+    """The capabilities `dataset` declares (its `capabilities` attribute); one that declares none
+    (a plain torch dataset) is granted none."""
+    return getattr(dataset, "capabilities", NO_CAPABILITIES)
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A `format:` of the dataset builders: its default files (relative to the root) and what the
+    dataset read from it can do."""
+
+    name: str
+    ann_file: str
+    image_dir: str
+    capabilities: Capabilities
+
+
+def _register_format(fmt: DatasetFormat) -> DatasetFormat:
+    return registry.register("dataset_format", fmt.name)(fmt)
+
+
+XRAYGPT = _register_format(DatasetFormat("xraygpt", "filter_cap.json", "image", IMAGE_FILES))
+R2GEN = _register_format(DatasetFormat("r2gen", "annotation.json", "images", IMAGE_FILES))
+WEBDATASET = _register_format(DatasetFormat("webdataset", "shards.json", "", IMAGE_STREAM))
+
+
+def dataset_format(name: str, where: str = "") -> DatasetFormat:
+    """The registered format `name`; an unknown one raises DatasetError listing the known ones."""
+    known = registry.registered("dataset_format")
+    if name not in known:
+        raise DatasetError(f"{where + ': ' if where else ''}unknown dataset format {name!r}; known: {', '.join(known)}")
+    return known[name]
 
 Sample = tuple[str, Path, str]  # (image_id, image file, caption)
 
@@ -189,15 +251,15 @@ def read_samples(format: str, root: Path, ann_file: str | None, image_dir: str |
                  verify_images: bool) -> tuple[list[Sample], dict[str, list[str]], int]:
     """(samples, dropped, entries read) of a JSON-format dataset (`xraygpt` or `r2gen`).
 
-    `ann_file` / `image_dir` None take the format's defaults (FORMAT_FILES); `split` is used by
+    `ann_file` / `image_dir` None take the format's defaults (its DatasetFormat); `split` is used by
     `r2gen` only.
     """
-    if format not in ("xraygpt", "r2gen"):
+    if format not in (XRAYGPT.name, R2GEN.name):
         raise DatasetError(f"unknown JSON dataset format {format!r}; known: xraygpt, r2gen")
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist")
-    default_ann, default_images = FORMAT_FILES[format]
-    ann_file, image_dir = ann_file or default_ann, image_dir or default_images
+    fmt = dataset_format(format)
+    ann_file, image_dir = ann_file or fmt.ann_file, image_dir or fmt.image_dir
     if format == "xraygpt":
         samples, dropped, total = read_xraygpt(root, ann_file, image_dir)
     else:

@@ -47,13 +47,13 @@ from typing import Callable, Iterable, Iterator
 import torch
 import webdataset as wds
 
-from xraygpt.data.formats import FORMAT_FILES, DatasetError, Sample, image_text_sample, read_json
+from xraygpt.data.formats import WEBDATASET, DatasetError, Sample, image_text_sample, read_json
 from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = FORMAT_FILES["webdataset"][0]
+MANIFEST = WEBDATASET.ann_file
 SHARD_PATTERN = "shard-%06d.tar"
 
 
@@ -122,6 +122,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         max_pixels: images with more pixels are skipped (checked before decoding).
         shuffle_buffer: raw samples held for shuffling (memory: that many encoded images).
     """
+
+    capabilities = WEBDATASET.capabilities
 
     def __init__(self, name: str, shards: list[Path], num_samples: int, vis_processor: Callable,
                  text_processor: Callable[[str], str], instructions: list[str], max_pixels: int, shuffle_buffer: int):

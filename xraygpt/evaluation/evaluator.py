@@ -33,8 +33,7 @@ import torch
 from tqdm import tqdm
 
 from xraygpt.atomic import atomic_write_text
-from xraygpt.data.datasets import MixedDataset
-from xraygpt.data.formats import DatasetError
+from xraygpt.data.formats import DatasetError, capabilities_of
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
 from xraygpt.evaluation.fingerprint import FINGERPRINT, differences, model_fingerprint, read_fingerprint, split_fingerprint
 from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_fitting, sample_windows
@@ -53,11 +52,10 @@ BACKENDS = ("transformers", "vllm")
 
 def dataset_samples(dataset) -> list[tuple]:
     """The (image id, image file, reference) of every key of a MixedDataset of file-based datasets."""
-    members = dataset.datasets if isinstance(dataset, MixedDataset) else [dataset]
-    if not all(hasattr(ds, "samples") for ds in members):
+    if not capabilities_of(dataset).map_style:
         raise DatasetError("evaluation reads datasets in the xraygpt or r2gen format (one row per image id); "
                            "a webdataset shard folder cannot be resumed by id")
-    return [s for ds in members for s in ds.samples]
+    return list(dataset.samples)
 
 
 def dataset_ids(dataset) -> list[str]:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from xraygpt.atomic import atomic_write_text
 from xraygpt.constants import IGNORE_INDEX
-from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import capabilities_of
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import checkpoint_decoder_layers, compile_decoder_layers
@@ -171,10 +171,11 @@ class IterRunner:
                 f"output_dir {self.output_dir} already holds checkpoints; set run.resume_ckpt_path="
                 f"{self.ckpt_dir / 'checkpoint_last.pt'} to continue it, or choose another run.output_dir"
             )
-        if group_by_length and not isinstance(self.train_set, MixedDataset):
-            raise RunError("run.group_by_length needs a map-style training set (format xraygpt or r2gen, or a "
-                           "feature_cache); a dataset in shards streams and cannot be grouped")
-        if isinstance(self.train_set, MixedDataset):
+        train_caps = capabilities_of(self.train_set)
+        if group_by_length and not train_caps.group_by_length:
+            raise RunError("run.group_by_length needs a map-style training set of image summaries (format xraygpt "
+                           "or r2gen, or a feature_cache); a dataset in shards streams and cannot be grouped")
+        if train_caps.reads_features:
             for cache in self.train_set.feature_caches():
                 cache.check_encoder(model.encoder)
         if gradient_checkpointing:
@@ -252,7 +253,7 @@ class IterRunner:
     # ------------------------------------------------------------------ the loop
     def _loader(self, start_step: int):
         consumed = start_step * self.accum * self.batch_size  # samples this rank drew before start_step
-        if isinstance(self.train_set, torch.utils.data.IterableDataset):
+        if not capabilities_of(self.train_set).map_style:
             # shards: the stream splits itself by rank and worker (see xraygpt.data.shards)
             dataset = self.train_set.for_rank(self.dist.rank, self.dist.world_size, self.num_workers, self.seed, consumed)
             sampler = None

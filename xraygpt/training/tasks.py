@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from xraygpt.data.collate import ConversationCollator, ConversationPromptCollator, GenerationCollator, TrainCollator
-from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import capabilities_of
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.registry import register
 
@@ -68,7 +68,7 @@ class ImageTextPretrainTask:
                        amp_dtype=None) -> None:
         """Generate `sample_count` summaries from `dataset` into samples.jsonl (a dataset of
         cached features, i.e. a training set without eval_root, has no images to generate from)."""
-        if sample_count > 0 and isinstance(dataset, MixedDataset) and dataset.feature_caches():
+        if sample_count > 0 and capabilities_of(dataset).reads_features:
             logger.warning("no samples.jsonl: the training set reads cached features and no dataset has an "
                            "eval_root with images to generate summaries from")
             return
