@@ -54,15 +54,6 @@ def load_labelled_images(split_dir: Path, image_size: int) -> tuple[torch.Tensor
     return torch.stack(images), torch.tensor(targets)
 
 
-def _blank_image(size: int) -> torch.Tensor:
-    """(1, 3, size, size): a black image through MedCLIP preprocessing."""
-    from PIL import Image
-
-    from xraygpt.data.transforms import MedCLIPImageEval
-
-    return MedCLIPImageEval(size)(Image.new("L", (size, size), 0)).unsqueeze(0)
-
-
 def _max_projected(encoder, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) -> (B, projection_dim): max over the projected final-stage patch tokens."""
     return encoder.projection_head(encoder.model(pixel_values=images).last_hidden_state).max(dim=1).values
@@ -111,6 +102,8 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
     With `train_split` (a synthetic split folder) the encoder is first pretrained on its
     findings (`pretrain_tiny_encoder`); without, its weights stay random.
     """
+    from xraygpt.data.transforms import MedCLIPImageEval
+    from xraygpt.evaluation.generate import blank_image
     from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +113,7 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
     if train_split is not None:
         images, labels = load_labelled_images(train_split, TINY_SWIN["image_size"])
         # A blank (black) image shows nothing: teach the stand-in that it carries no finding.
-        blank = _blank_image(TINY_SWIN["image_size"])
+        blank = blank_image(MedCLIPImageEval(TINY_SWIN["image_size"]), TINY_SWIN["image_size"]).unsqueeze(0)
         n_blank = max(1, len(images) // 20)
         images = torch.cat([images, blank.expand(n_blank, -1, -1, -1)])
         labels = torch.cat([labels, torch.zeros(n_blank, labels.shape[1])])
