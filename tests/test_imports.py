@@ -1,6 +1,7 @@
 """The import graph of the library: no circle, nothing below the entry points imports them,
 nothing outside training/ (and the builders that construct the runner) imports training/, and
-nothing outside the embedded wing imports it (the wing is an application of the library)."""
+nothing outside the embedded wing imports it (the wing is an application of the library), and no
+module of xraygpt/ is over 500 lines."""
 
 import ast
 
@@ -88,3 +89,9 @@ def test_the_library_does_not_import_the_embedded_wing():
     into_wing = [(m, d) for m, deps in graph.items() for d in deps if in_wing(d) and not in_wing(m)]
     assert into_wing == []
     assert {"xraygpt.embedded.dataset", "xraygpt.embedded.pipeline"} <= set(graph)  # the walk sees the wing
+
+
+def test_no_library_module_over_500_lines():
+    lengths = {str(p.relative_to(REPO)): len(p.read_text(encoding="utf-8").splitlines())
+               for p in (REPO / "xraygpt").rglob("*.py")}
+    assert {name: n for name, n in lengths.items() if n > 500} == {}
