@@ -60,7 +60,8 @@ def evaluate(cfg) -> str | None:
         raise ValueError("model.ckpt is not set: evaluation needs the trained projection checkpoint")
     datasets = evaluated_splits(cfg)
     model = builders.build_model(cfg.model, cfg.evaluation.seed)
-    dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer)
+    dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer,
+                                      model.image_preprocessing)
     evaluator = ReportEvaluator(model=model, **settings_arguments(ReportEvaluator, cfg.evaluation, "evaluation"))
     return evaluator.run(dataset, [Path(ds["root"]) for ds in datasets.values()])
 

@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dist = builders.build_distributed(cfg)
         model = builders.build_model(cfg.model, cfg.run.seed)
-        train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer)
-        eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval", model.prompt_tokenizer)
+        train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer,
+                                            model.image_preprocessing)
+        eval_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "eval", model.prompt_tokenizer,
+                                           model.image_preprocessing)
         runner = builders.build_runner(cfg, model, train_set, eval_set, dist)
         runner.train()
     except ERRORS as exc:

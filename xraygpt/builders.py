@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
-from xraygpt.config import settings_arguments
+from xraygpt.config import ConfigError, settings_arguments
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError, capabilities_of, dataset_format
 from xraygpt.data.shards import ShardDataset
+from xraygpt.data.transforms import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,22 @@ def _kwargs(section: Any) -> dict:
     return dict(OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section)
 
 
-def build_processor(section: Any):
-    """A registered processor from {name, ...kwargs}."""
+def build_processor(section: Any, preprocessing: ImagePreprocessing | None = None, key: str = "vis_processor"):
+    """A registered processor from {name, ...kwargs}.
+
+    An image processor (one taking `preprocessing`) gets the encoder's `preprocessing` when given;
+    an `image_size` set in the section must then equal the encoder's (ConfigError naming both keys).
+    """
     kwargs = _kwargs(section)
-    return registry.get("processor", kwargs.pop("name"))(**kwargs)
+    cls = registry.get("processor", kwargs.pop("name"))
+    if preprocessing is not None and "preprocessing" in inspect.signature(cls).parameters:
+        size = kwargs.pop("image_size", None)
+        if size is not None and size != preprocessing.image_size:
+            raise ConfigError(f"{key}.image_size is {size} but the encoder takes {preprocessing.image_size}-pixel "
+                              f"images (image_size in the Swin config of model.encoder.swin_config); remove "
+                              f"{key}.image_size (the encoder sets it) or make the two agree")
+        kwargs["preprocessing"] = preprocessing
+    return cls(**kwargs)
 
 
 def build_model(model_cfg: Any, seed: int = 0):
@@ -62,9 +75,12 @@ def build_model(model_cfg: Any, seed: int = 0):
     return model
 
 
-def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
-                   prompt_tokenizer=None) -> MixedDataset | ShardDataset | None:
+def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_tokenizer=None,
+                   preprocessing: ImagePreprocessing | None = None) -> MixedDataset | ShardDataset | None:
     """All configured datasets for `split` ("train": each `root`; "eval": each `eval_root`).
+
+    Image processors take the encoder's `preprocessing` (`model.image_preprocessing`; image size,
+    mean, std) when given; a `vis_processor.*.image_size` that differs from it is refused.
 
     Builders that take `prompt_tokenizer` (text datasets, which validate lengths at start-up)
     get the model's.  For "eval", a dataset with an `eval_split` (R2Gen format) reads that split,
@@ -82,7 +98,7 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train",
         params = inspect.signature(builder).parameters
         for proc in ("vis_processor", "text_processor"):
             if proc in kwargs:
-                kwargs[proc] = build_processor(kwargs[proc][split])
+                kwargs[proc] = build_processor(kwargs[proc][split], preprocessing, f"datasets.{name}.{proc}.{split}")
         if "prompt_tokenizer" in params:
             kwargs["prompt_tokenizer"] = prompt_tokenizer
         eval_root = kwargs.pop("eval_root", None)
@@ -136,13 +152,14 @@ def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
         raise ValueError(f"datasets.{dataset} has no images to encode")
     if not dataset_format(kwargs["format"], f"datasets.{dataset}").capabilities.cache_features:
         raise ValueError(f"datasets.{dataset}: format {kwargs['format']} cannot be encoded into a feature cache")
+    encoder = sections["encoder"](**model_cfg["encoder"])
     processor = dict(kwargs["vis_processor"]["eval"])
-    kwargs["vis_processor"] = build_processor(processor)
+    kwargs["vis_processor"] = build_processor(processor, encoder.preprocessing, f"datasets.{dataset}.vis_processor.eval")
+    processor["image_size"] = kwargs["vis_processor"].image_size  # as used: the encoder's
     kwargs["text_processor"] = build_processor(kwargs["text_processor"]["eval"])
     kwargs.pop("eval_root", None)
     kwargs["feature_cache"] = None
     images = registry.get("dataset", dataset)(**kwargs)
-    encoder = sections["encoder"](**model_cfg["encoder"])
     source = {"dataset": dataset, "root": kwargs["root"], "format": kwargs["format"], "split": kwargs["split"],
               "vis_processor": processor, "checkpoint": model_cfg["encoder"].get("checkpoint")}
     return encoder, images, source

@@ -83,7 +83,7 @@ class ChatSession:
     def __init__(self, model, context_window: int = 0):
         self.model = model
         self.prompt_tokenizer = model.prompt_tokenizer
-        self.process = MedCLIPImageEval(model.encoder.image_size)
+        self.process = MedCLIPImageEval(preprocessing=model.image_preprocessing)
         self.context_window = context_window or model.llm.config.max_position_embeddings
         self.image_tokens: torch.Tensor | None = None
         self.turns: list[tuple[str, str]] = []

@@ -41,7 +41,7 @@ from xraygpt.errors import first_line
 # Constructor arguments that builders pass as objects, never read from config.
 INJECTED = {
     "encoder", "llm", "tokenizer", "prompt_format", "vis_processor", "text_processor",
-    "model", "datasets", "task", "lr_schedule", "config", "prompt_tokenizer", "self", "dist",
+    "model", "datasets", "task", "lr_schedule", "config", "prompt_tokenizer", "self", "dist", "preprocessing",
 }
 
 

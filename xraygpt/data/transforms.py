@@ -2,7 +2,13 @@
 
 Written with PIL + torch because timm and torchvision cannot be installed beside the CPU torch
 build (they pull a CUDA torch).  Pipeline (MedCLIP's): grayscale -> pad to square (black) ->
-resize to `image_size` (bicubic) -> [0, 1] -> normalise with MedCLIP's mean/std -> 3 channels.
+resize to `image_size` (bicubic) -> [0, 1] -> normalise with the encoder's mean/std -> 3 channels.
+
+The encoder owns its preprocessing: `MedCLIPVisionEncoder.preprocessing` is an
+`ImagePreprocessing` (image size from its Swin config, MedCLIP's mean and std), and the builders
+hand it to the image processors; a processor's own `image_size` (a config key kept for older
+YAML) must then agree with it.  A processor built alone (no encoder) uses MedCLIP's statistics
+at `image_size` (224 when not given).
 
 Decoding (`decode_image`) refuses images with more than `max_pixels` pixels from the header,
 before any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what PIL's
@@ -13,11 +19,13 @@ before any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 import re
 import struct
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,6 +41,29 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image
 
 # PIL modes holding more than 8 bits per pixel (16-bit PNGs open as I;16*).
 WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocessing:
+    """What an image encoder expects: square images of `image_size` pixels, grayscale in [0, 1]
+    normalised as (x - mean) / std."""
+
+    image_size: int
+    mean: float
+    std: float
+
+
+# MedCLIP's released preprocessing (its Swin-T at 224 px); the encoder takes its size from its Swin config.
+MEDCLIP_PREPROCESSING = ImagePreprocessing(MEDCLIP_IMAGE_SIZE, MEDCLIP_MEAN, MEDCLIP_STD)
+
+
+def resolve_preprocessing(image_size: Optional[int], preprocessing: Optional[ImagePreprocessing]) -> ImagePreprocessing:
+    """The encoder's `preprocessing` (an `image_size` given too must agree), or MedCLIP's at `image_size`."""
+    if preprocessing is None:
+        return dataclasses.replace(MEDCLIP_PREPROCESSING, image_size=image_size or MEDCLIP_IMAGE_SIZE)
+    if image_size is not None and image_size != preprocessing.image_size:
+        raise ValueError(f"image_size {image_size} differs from the encoder's image size {preprocessing.image_size}")
+    return preprocessing
 
 
 def decode_image(source: Path | bytes, max_pixels: int) -> Image.Image:
@@ -83,15 +114,24 @@ def to_normalised_tensor(image: Image.Image, mean: float = MEDCLIP_MEAN, std: fl
 
 @register("processor", "medclip_image_eval")
 class MedCLIPImageEval:
-    """Deterministic MedCLIP preprocessing: PIL image -> (3, image_size, image_size) tensor."""
+    """Deterministic MedCLIP preprocessing: PIL image -> (3, image_size, image_size) tensor.
 
-    def __init__(self, image_size: int = MEDCLIP_IMAGE_SIZE):
-        self.image_size = image_size
+    Args:
+        image_size: output side in pixels; None: the encoder's (see module docstring).
+        preprocessing: the encoder's size, mean and std (given by the builders, not by config).
+    """
+
+    def __init__(self, image_size: Optional[int] = None, preprocessing: Optional[ImagePreprocessing] = None):
+        self.preprocessing = resolve_preprocessing(image_size, preprocessing)
+        self.image_size = self.preprocessing.image_size
+
+    def normalise(self, image: Image.Image) -> torch.Tensor:
+        return to_normalised_tensor(image, self.preprocessing.mean, self.preprocessing.std)
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         image = pad_to_square(to_grayscale(image))
         image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        return to_normalised_tensor(image)
+        return self.normalise(image)
 
 
 @register("processor", "medclip_image_train")
@@ -99,21 +139,23 @@ class MedCLIPImageTrain(MedCLIPImageEval):
     """MedCLIP preprocessing with light augmentation, all driven by the per-sample `rng`.
 
     Args:
-        image_size: output side in pixels.
+        image_size: output side in pixels; None: the encoder's (see module docstring).
         min_scale: smallest crop side as a fraction of the padded square (1.0 = no crop).
         max_rotation: largest rotation in degrees.
         brightness, contrast: largest relative change (0 = none).
+        preprocessing: the encoder's size, mean and std (given by the builders, not by config).
     """
 
     def __init__(
         self,
-        image_size: int = MEDCLIP_IMAGE_SIZE,
+        image_size: Optional[int] = None,
         min_scale: float = 0.9,
         max_rotation: float = 5.0,
         brightness: float = 0.1,
         contrast: float = 0.1,
+        preprocessing: Optional[ImagePreprocessing] = None,
     ):
-        super().__init__(image_size)
+        super().__init__(image_size, preprocessing)
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
         self.min_scale = min_scale
@@ -135,7 +177,7 @@ class MedCLIPImageTrain(MedCLIPImageEval):
             image = ImageEnhance.Brightness(image).enhance(1.0 + rng.uniform(-self.brightness, self.brightness))
         if self.contrast > 0:
             image = ImageEnhance.Contrast(image).enhance(1.0 + rng.uniform(-self.contrast, self.contrast))
-        return to_normalised_tensor(image)
+        return self.normalise(image)
 
 
 @register("processor", "caption")

@@ -111,6 +111,9 @@ class LLMSFT(nn.Module):
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
 
+    # A text-only model: no image encoder, so no image preprocessing to hand to datasets.
+    image_preprocessing = None
+
     @property
     def llm_dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype

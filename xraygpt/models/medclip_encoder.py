@@ -15,6 +15,7 @@ Outputs (see `MedCLIPVisionEncoder.forward`):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import SwinConfig, SwinModel
+
+from xraygpt.data.transforms import MEDCLIP_PREPROCESSING, ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +174,12 @@ class MedCLIPVisionEncoder(nn.Module):
         grid = -(-grid // 2 ** (len(swin_config.depths) - 1))  # ceil: Swin pads odd grids
         self.image_size: int = swin_config.image_size
         self.num_patch_tokens: int = grid * grid
+
+    @property
+    def preprocessing(self) -> ImagePreprocessing:
+        """The images this encoder takes: its Swin config's image_size, MedCLIP's mean and std.
+        Datasets and the chat build their image processors from it."""
+        return dataclasses.replace(MEDCLIP_PREPROCESSING, image_size=self.image_size)
 
     @property
     def num_tokens(self) -> int:

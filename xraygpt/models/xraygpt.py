@@ -23,6 +23,7 @@ from torch import nn
 
 from xraygpt.constants import IMAGE_TOKEN_ID
 from xraygpt.conversation import PromptFormat, PromptTokenizer
+from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import load_llm
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
@@ -140,6 +141,11 @@ class XrayGPT(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.proj.weight.device
+
+    @property
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """The encoder's preprocessing (image size, mean, std), for the datasets' image processors."""
+        return self.encoder.preprocessing
 
     @property
     def llm_dtype(self) -> torch.dtype:
