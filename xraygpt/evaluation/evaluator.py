@@ -63,6 +63,17 @@ def dataset_ids(dataset) -> list[str]:
     return [str(s[0]) for s in dataset_samples(dataset)]
 
 
+def check_settings(batch_size: int, image_mode: str, backend: str) -> None:
+    """The `evaluation` values ReportEvaluator refuses, checked without a model (the builders' config
+    validation calls this before anything is loaded)."""
+    if batch_size < 1:
+        raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
+    if image_mode not in IMAGE_MODES:
+        raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 class StaleOutputs(ValueError):
     """An output folder holding predictions of another model, split or generation setting."""
 
@@ -117,12 +128,7 @@ class ReportEvaluator:
         vllm_gpu_memory_utilization: float = 0.8,
         restart: bool = False,
     ):
-        if batch_size < 1:
-            raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
-        if image_mode not in IMAGE_MODES:
-            raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        check_settings(batch_size, image_mode, backend)
         if backend == "vllm":
             check_supported(model, vllm_gpu_memory_utilization)
             check_decoding(generation)
