@@ -20,7 +20,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
-from xraygpt.ui.settings import demo_settings, load_demo_config  # noqa: E402
+from xraygpt.ui.settings import demo_settings  # noqa: E402
 
 # demo.<key> set by the flag of the same name when given
 FLAGS = ("host", "port", "auth_file", "concurrency_limit")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f"demo.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
     flags += ["demo.share=true"] if args.share else []
     try:
-        cfg = load_demo_config(args.cfg_path, [*args.options, *flags])
+        _, cfg = builders.load_job_config(args.cfg_path, [*args.options, *flags], job="demo")
         if args.print_config:
             sys.stdout.write(OmegaConf.to_yaml(cfg))
             return 0

@@ -20,14 +20,10 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
-from xraygpt.config import load_config, settings_arguments  # noqa: E402
+from xraygpt.builders import evaluated_splits, load_eval_config  # noqa: E402,F401  (also for benchmarks/generate.py)
+from xraygpt.config import settings_arguments  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
 from xraygpt.evaluation.evaluator import ReportEvaluator  # noqa: E402
-
-
-def load_eval_config(path: str | Path, options: list[str] | None = None):
-    """An evaluation config: `model`, `datasets` (each `root` is the split evaluated) and `evaluation`."""
-    return load_config(path, options, required=("model", "datasets", "evaluation"), settings={"evaluation": ReportEvaluator})
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,21 +39,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluated_splits(cfg) -> dict:
-    """The `datasets` section with each `root` (and `split`) as the held-out split `build_datasets` reads."""
-    datasets = OmegaConf.to_container(cfg.datasets, resolve=True)
-    for name, ds in datasets.items():
-        if ds["eval_root"]:
-            raise ValueError(f"datasets.{name}.eval_root is not read by evaluate.py: put the split to evaluate in "
-                             f"datasets.{name}.root")
-        ds.update(eval_root=ds["root"], eval_split=ds["split"])
-    return datasets
-
-
 def evaluate(cfg) -> str | None:
-    """Build the model (with its trained checkpoint) and the split, generate, score; the table on rank 0."""
-    if not cfg.model.ckpt:
-        raise ValueError("model.ckpt is not set: evaluation needs the trained projection checkpoint")
+    """Build the model (with its trained checkpoint) and the split, generate, score; the table on rank 0.
+
+    `cfg` is validated for evaluation (`builders.load_job_config`)."""
     datasets = evaluated_splits(cfg)
     model = builders.build_model(cfg.model, cfg.evaluation.seed)
     dataset = builders.build_datasets(datasets, cfg.evaluation.seed, "eval", model.prompt_tokenizer,
@@ -73,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) == "compare":
             table = compare_predictions(args.predictions, args.names, args.phrases_dir)[0]
         else:
-            cfg = load_eval_config(args.cfg_path, args.options)
+            _, cfg = builders.load_job_config(args.cfg_path, args.options, job="evaluation")
             table = OmegaConf.to_yaml(cfg) if args.print_config else evaluate(cfg)
     except ERRORS as exc:
         return startup_error(exc, args.debug)

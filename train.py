@@ -17,7 +17,6 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
 from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
-from xraygpt.config import load_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runtime.setup_logging(int(os.environ.get("RANK", "0")))
     try:
-        cfg = load_config(args.cfg_path, args.options)
+        _, cfg = builders.load_job_config(args.cfg_path, args.options, job="training")
         if args.print_config:
             sys.stdout.write(OmegaConf.to_yaml(cfg))
             return 0

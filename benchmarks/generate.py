@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluate import evaluated_splits, load_eval_config  # noqa: E402
+from xraygpt.builders import evaluated_splits, load_eval_config  # noqa: E402
 from xraygpt import builders  # noqa: E402
 from xraygpt.config import validate  # noqa: E402
 from xraygpt.conversation import load_instructions  # noqa: E402

@@ -6,10 +6,11 @@ import yaml
 
 import evaluate
 from conftest import REPO, tiny_config, write_yaml
+from xraygpt.builders import JOBS, load_job_config
 from xraygpt.config import ConfigError, load_config
 from xraygpt.ui.settings import load_demo_config
 
-ALL_YAMLS = sorted(list((REPO / "train_configs").glob("*.yaml")) + list((REPO / "eval_configs").glob("*.yaml")))
+ALL_YAMLS = sorted(list((REPO / "train_configs").rglob("*.yaml")) + list((REPO / "eval_configs").rglob("*.yaml")))
 
 
 def test_repo_has_configs():
@@ -19,16 +20,16 @@ def test_repo_has_configs():
 
 @pytest.mark.parametrize("path", ALL_YAMLS, ids=lambda p: p.name)
 def test_every_yaml_loads_and_validates(path):
-    if path.name.startswith("demo_"):  # demo.py's configs: model + demo (xraygpt/ui/settings.py)
-        cfg = load_demo_config(path)
+    """Through the one door of train.py, evaluate.py and demo.py, for the job the file declares."""
+    job, cfg = load_job_config(path)
+    if job == "demo":  # demo.py's configs: model + demo (xraygpt/ui/settings.py)
         assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.demo.host == "127.0.0.1"
         return
-    if path.parent.name == "eval_configs":  # evaluate.py's configs: model + datasets + evaluation
-        cfg = evaluate.load_eval_config(path)
+    if job == "evaluation":  # evaluate.py's configs: model + datasets + evaluation
         assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.evaluation.output_dir
         assert "max_txt_len" in cfg.model.prompt and "bootstrap_resamples" in cfg.evaluation
         return
-    cfg = load_config(path)
+    assert job == "training"
     assert cfg.model.arch in ("xraygpt", "llm_sft")
     assert cfg.run.output_dir
     # defaults from constructor signatures are filled in
@@ -186,3 +187,81 @@ def test_readme_documents_every_entry_point_key(name, section):
     cfg = load_demo_config(path) if section == "demo" else evaluate.load_eval_config(path)
     missing = [key for key in cfg[section] if f"`{key}`" not in readme]
     assert not missing, f"README.md does not document {section}: {missing}"
+
+
+def test_the_repo_has_a_config_for_every_job():
+    assert {load_job_config(path)[0] for path in ALL_YAMLS} == set(JOBS)
+
+
+def _raw(name):
+    folder = "eval_configs" if name in ("tiny_eval.yaml", "demo_tiny.yaml") else "train_configs"
+    return yaml.safe_load((REPO / folder / name).read_text())
+
+
+def _set(cfg, key, value):
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return cfg
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("name,key,value,needle", [
+    ("tiny_stage1.yaml", "run.batch_size_trian", 2, "unknown config key 'run.batch_size_trian' (did you mean 'run.batch_size_train'?)"),
+    ("tiny_stage1.yaml", "run.init_lr", "fast", "'run.init_lr'"),
+    ("tiny_stage1.yaml", "model.encoder.projection_dim", "wide", "model.encoder.projection_dim"),
+    ("tiny_stage1.yaml", "run", _DELETE, "declares no job; a config file holds one of the sections 'run' (train.py)"),
+    ("tiny_stage1.yaml", "evaluation", {"output_dir": "x"}, "declares 2 jobs, sections 'run' (train.py) and "
+                                                             "'evaluation' (evaluate.py)"),
+    ("tiny_eval.yaml", "evaluation.batch_sise", 2, "evaluation.batch_sise"),
+    ("tiny_eval.yaml", "evaluation.image_mode", "upside_down", "evaluation.image_mode must be one of"),
+    ("tiny_eval.yaml", "evaluation.batch_size", 0, "evaluation.batch_size must be >= 1"),
+    ("tiny_eval.yaml", "model.ckpt", None, "model.ckpt is not set"),
+    ("tiny_eval.yaml", "datasets.openi.eval_root", "somewhere", "datasets.openi.eval_root is not read by evaluate.py"),
+    ("demo_tiny.yaml", "demo.prot", 1, "demo.prot"),
+    ("demo_tiny.yaml", "demo.port", 70000, "demo.port must be in 0..65535"),
+    ("demo_tiny.yaml", "run", {"output_dir": "x"}, "declares 2 jobs"),
+])
+def test_a_bad_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, name, key, value, needle):
+    path = write_yaml(_set(_raw(name), key, value), tmp_path / name)
+    with pytest.raises(ConfigError) as exc:
+        load_job_config(path)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(f"{path}: ") and needle in message, message
+
+
+def test_validation_opens_no_weights_or_data(tmp_path):
+    """Checkpoints, encoder weights, the LLM folder and datasets not there yet (a fresh clone) are
+    not validation's business: they fail when built."""
+    missing = str(tmp_path / "not_there")
+    for name in ("tiny_stage2.yaml", "tiny_eval.yaml", "demo_tiny.yaml"):
+        cfg = _raw(name)
+        for key in ("model.ckpt", "model.encoder.checkpoint", "model.encoder.swin_config", "model.llm.path"):
+            _set(cfg, key, missing)
+        for ds in cfg.get("datasets", {}).values():
+            ds["root"] = missing
+        assert load_job_config(write_yaml(cfg, tmp_path / name))[1].model.llm.path == missing
+
+
+def test_an_entry_point_refuses_another_jobs_file_and_reads_an_undeclared_one_as_its_own(tmp_path, capsys):
+    import demo
+    import train
+
+    cases = [(train, "tiny_eval.yaml", "evaluation", "evaluate.py"), (evaluate, "demo_tiny.yaml", "demo", "demo.py"),
+             (demo, "tiny_stage1.yaml", "training", "train.py")]
+    for entry, name, job, runs_it in cases:
+        path = write_yaml(_raw(name), tmp_path / name)
+        assert entry.main(["--cfg-path", str(path)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"error: {path}: declares the {job} job") and last.endswith(f"run it with {runs_it}")
+    model_only = write_yaml({"model": _raw("demo_tiny.yaml")["model"]}, tmp_path / "model_only.yaml")
+    assert load_job_config(model_only, job="demo")[1].demo.port == 7860  # the demo section is optional
+    with pytest.raises(ConfigError, match="declares no job"):
+        load_job_config(model_only)

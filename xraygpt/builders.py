@@ -4,23 +4,32 @@ They turn config sections into objects through plain constructors with typed arg
 `build_distributed`, `build_model`, `build_datasets`, `build_runner`, and for
 `python cache_features.py` `build_feature_cache_job` (the encoder alone + one
 dataset's images).
+
+`load_job_config` is the one way a config file comes in for train.py, evaluate.py and demo.py
+(and for the test of every YAML in the repo): the job is the one the file declares by its own
+section (`run`, `evaluation` or `demo`), and the config is validated for that job as far as
+it can be without reading weights or data (see its docstring).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
-from xraygpt.config import ConfigError, settings_arguments
+from xraygpt.config import ConfigError, load_config, read_yaml, settings_arguments
 from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError, capabilities_of, dataset_format
 from xraygpt.data.shards import ShardDataset
 from xraygpt.data.transforms import ImagePreprocessing
+from xraygpt.errors import first_line
+from xraygpt.evaluation import evaluator
+from xraygpt.ui.settings import demo_settings, load_demo_config
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +201,86 @@ def build_distributed(cfg: DictConfig):
     from xraygpt.runtime import init_distributed
 
     return init_distributed(cfg.run.device, cfg.run.dist_backend)
+
+
+def load_eval_config(path: str | Path, options: list[str] | None = None) -> DictConfig:
+    """An evaluation config: `model`, `datasets` (each `root` is the split evaluated) and `evaluation`."""
+    return load_config(path, options, required=("model", "datasets", "evaluation"),
+                       settings={"evaluation": evaluator.ReportEvaluator})
+
+
+def evaluated_splits(cfg: DictConfig) -> dict:
+    """The `datasets` section with each `root` (and `split`) as the held-out split `build_datasets` reads."""
+    datasets = OmegaConf.to_container(cfg.datasets, resolve=True)
+    for name, ds in datasets.items():
+        if ds["eval_root"]:
+            raise ValueError(f"datasets.{name}.eval_root is not read by evaluate.py: put the split to evaluate in "
+                             f"datasets.{name}.root")
+        ds.update(eval_root=ds["root"], eval_split=ds["split"])
+    return datasets
+
+
+def _check_evaluation(cfg: DictConfig) -> None:
+    """What evaluate.py refuses before loading anything: no checkpoint, an `eval_root`, a bad setting."""
+    if not cfg.model.ckpt:
+        raise ConfigError("model.ckpt is not set: evaluation needs the trained projection checkpoint")
+    evaluated_splits(cfg)
+    evaluator.check_settings(cfg.evaluation.batch_size, cfg.evaluation.image_mode, cfg.evaluation.backend)
+
+
+# job: (the section that declares it, its entry point, its loader, its checks after loading)
+JOBS = {
+    "training": ("run", "train.py", load_config, None),
+    "evaluation": ("evaluation", "evaluate.py", load_eval_config, _check_evaluation),
+    "demo": ("demo", "demo.py", load_demo_config, demo_settings),
+}
+
+
+def declared_job(path: str | Path, user: DictConfig | None = None) -> str | None:
+    """The job a config file declares by its sections (`run`: training, `evaluation`, `demo`); None
+    when it declares none; ConfigError naming the file when it declares more than one."""
+    user = read_yaml(path) if user is None else user
+    declared = [job for job, (section, *_) in JOBS.items() if section in user]
+    if len(declared) > 1:
+        sections = " and ".join(f"{JOBS[job][0]!r} ({JOBS[job][1]})" for job in declared)
+        raise ConfigError(f"{path}: declares {len(declared)} jobs, sections {sections}; a config file holds one job")
+    return declared[0] if declared else None
+
+
+def load_job_config(cfg_path: str | Path, options: list[str] | None = None,
+                    job: str | None = None) -> tuple[str, DictConfig]:
+    """(job, validated config) of a config file, every default filled in.
+
+    The job is the one the file declares (`declared_job`): `run` -> training (train.py),
+    `evaluation` -> evaluation (evaluate.py), `demo` -> demo (demo.py). An entry point passes
+    its own `job`: a file declaring another job is refused, one declaring none is read as that
+    job (a demo config's `demo` section is optional). Without `job` a file must declare one.
+
+    Validation is everything the entry point checks before loading weights or data: the file's
+    sections, unknown keys, types and required keys of every section (`config.load_config` with
+    the job's sections), plus for evaluation `model.ckpt` set, no `eval_root`, and the values
+    `ReportEvaluator` refuses, and for the demo the values `DemoSettings` refuses. Paths are not
+    opened: a checkpoint, LLM folder or dataset that is not there yet fails when it is built.
+
+    Raises ConfigError in one line `<file>: <problem naming the key>`.
+    """
+    path = Path(cfg_path)
+    declared = declared_job(path, read_yaml(path))
+    known = ", ".join(f"{section!r} ({entry})" for section, entry, *_ in JOBS.values())
+    if job is not None and job not in JOBS:
+        raise ValueError(f"unknown job {job!r} (known: {', '.join(JOBS)})")
+    if declared is None and job is None:
+        raise ConfigError(f"{path}: declares no job; a config file holds one of the sections {known}")
+    if job is not None and declared not in (None, job):
+        section, entry = JOBS[declared][:2]
+        raise ConfigError(f"{path}: declares the {declared} job (section {section!r}), which {JOBS[job][1]} does "
+                          f"not run; run it with {entry}")
+    job = job or declared
+    _, _, load, check = JOBS[job]
+    try:
+        cfg = load(path, options)
+        if check is not None:
+            check(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {first_line(exc)}") from None
+    return job, cfg

@@ -279,9 +279,9 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
     return OmegaConf.create(out)
 
 
-def load_config(cfg_path: str | Path, options: list[str] | None = None,
-                required: tuple[str, ...] = TRAINING_SECTIONS, settings: dict[str, Callable] | None = None) -> DictConfig:
-    """Load a YAML file, apply `key=value` overrides, validate (see module docstring and `validate`)."""
+def read_yaml(cfg_path: str | Path) -> DictConfig:
+    """A config file as written (no defaults, no overrides); ConfigError naming the file when it is
+    missing, not YAML, or not a mapping of sections."""
     path = Path(cfg_path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -289,6 +289,16 @@ def load_config(cfg_path: str | Path, options: list[str] | None = None,
         user = OmegaConf.load(path)
     except Exception as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
+    if not isinstance(user, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model: ..., run: ...), "
+                          f"not a {type(user).__name__}")
+    return user
+
+
+def load_config(cfg_path: str | Path, options: list[str] | None = None,
+                required: tuple[str, ...] = TRAINING_SECTIONS, settings: dict[str, Callable] | None = None) -> DictConfig:
+    """Load a YAML file, apply `key=value` overrides, validate (see module docstring and `validate`)."""
+    user = read_yaml(cfg_path)
     if options:
         bad = [o for o in options if "=" not in o]
         if bad:
