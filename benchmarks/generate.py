@@ -49,12 +49,12 @@ sys.path.insert(0, str(REPO))
 from xraygpt.builders import evaluated_splits, load_eval_config  # noqa: E402
 from xraygpt import builders  # noqa: E402
 from xraygpt.config import validate  # noqa: E402
-from xraygpt.conversation import load_instructions  # noqa: E402
 from xraygpt.embedded.assets import conversation_texts, write_tiny_encoder, write_tiny_llm  # noqa: E402
 from xraygpt.embedded.dataset import generate_dataset  # noqa: E402
 from xraygpt.evaluation.generate import generate_fitting, generate_rows, load_samples  # noqa: E402
 from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused  # noqa: E402
 from xraygpt.models.generation import GenerationSettings  # noqa: E402
+from xraygpt.prompting import load_instructions  # noqa: E402
 
 
 def tiny_config(folder: Path, images: int) -> dict:

@@ -45,13 +45,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xraygpt.conversation import PromptFormat, load_instructions  # noqa: E402
 from xraygpt.data.collate import TrainCollator  # noqa: E402
 from xraygpt.data.datasets import MixedDataset, build_mimic  # noqa: E402
 from xraygpt.data.sampler import LengthGroupedSampler, ResumableSampler  # noqa: E402
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval  # noqa: E402
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config  # noqa: E402
 from xraygpt.models.xraygpt import XrayGPT  # noqa: E402
+from xraygpt.prompting import PromptFormat, load_instructions  # noqa: E402
 from xraygpt.training.tasks import ImageTextPretrainTask  # noqa: E402
 
 SHARED_CAPTIONS = REPO.parent / "shared" / "data" / "openi-sample" / "filter_cap.json"

@@ -28,9 +28,9 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict:
     """Synthetic data (64 train / 8 val), a tiny MedCLIP-format Swin and a tiny LLaMA + tokenizer."""
-    from xraygpt.conversation import load_instructions
     from xraygpt.embedded.assets import conversation_texts, write_tiny_encoder, write_tiny_llm
     from xraygpt.embedded.dataset import generate_dataset
+    from xraygpt.prompting import load_instructions
 
     root = tmp_path_factory.mktemp("tiny_assets")
     generate_dataset(root / "data", num_train=64, num_val=8, num_test=8, seed=3, image_size=112)

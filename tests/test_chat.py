@@ -9,9 +9,9 @@ from PIL import Image
 
 from xraygpt.chat import ChatInputError, ChatSession
 from xraygpt.constants import IMAGE_TOKEN_ID
-from xraygpt.conversation import PromptFormat, PromptTokenizer, with_image
 from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
 from xraygpt.models.llm import load_tokenizer
+from xraygpt.prompting import PromptFormat, PromptTokenizer, with_image
 
 GREEDY = GenerationSettings.from_controls(max_new_tokens=12, num_beams=1, temperature=0.0)
 SUMMARY = "Describe the findings and impression of this chest X-ray."

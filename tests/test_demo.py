@@ -204,7 +204,7 @@ def test_one_request_at_a_time_per_user(tiny_model, xray):
 
 
 def test_long_conversations_forget_the_oldest_exchanges_not_the_image(tiny_model, xray):
-    from xraygpt.conversation import with_image
+    from xraygpt.prompting import with_image
 
     frame = len(tiny_model.prompt_tokenizer.encode_prompt(with_image(DemoSettings().summary_instruction)))
     handlers = Handlers(tiny_model, DemoSettings(max_new_tokens=12, context_window=frame + 12 + 40))

@@ -21,13 +21,13 @@ from test_vllm_engine import StandInLLM, stand_in_vllm  # noqa: F401 (stand_in_v
 from xraygpt import chat as chat_module
 from xraygpt.chat import ChatSession
 from xraygpt.config import ConfigError, load_config, settings_arguments, signature_schema
-from xraygpt.conversation import with_image
 from xraygpt.evaluation.evaluator import ReportEvaluator
 from xraygpt.evaluation.generate import generate_fitting, generate_rows
 from xraygpt.evaluation.vllm_engine import VLLMEngine, VLLMRefused, check_decoding, sampling_params
 from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
 from xraygpt.models.llm_sft import LLMSFT
 from xraygpt.models.xraygpt import XrayGPT
+from xraygpt.prompting import with_image
 from xraygpt.training.runner import IterRunner
 from xraygpt.ui.settings import DemoSettings, demo_settings, load_demo_config
 

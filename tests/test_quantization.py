@@ -72,8 +72,8 @@ def test_quantization_errors_name_the_key(tiny_assets, monkeypatch):
 
 @needs_bnb
 def test_stage0_refuses_a_quantized_llm(tiny_assets):
-    from xraygpt.conversation import PromptFormat
     from xraygpt.models.llm_sft import LLMSFT
+    from xraygpt.prompting import PromptFormat
 
     llm, tok = load_llm(str(tiny_assets["llm"]), dtype="float32", quantization="8bit")
     with pytest.raises(ValueError, match="stage 0 trains the LLM: load it unquantized"):
@@ -97,7 +97,7 @@ def test_evaluate_runs_end_to_end_with_a_4bit_llm(tiny_assets, checkpoint, tmp_p
 HUB_FREE_PATHS = {
     "4bit LLM": "load_llm({llm!r}, dtype='float32', quantization='4bit')\n",
     # peft imports bitsandbytes when it is installed
-    "stage-0 LoRA": ("from xraygpt.conversation import PromptFormat\n"
+    "stage-0 LoRA": ("from xraygpt.prompting import PromptFormat\n"
                      "from xraygpt.models.llm_sft import LLMSFT\n"
                      "LLMSFT(*load_llm({llm!r}, dtype='float32'), PromptFormat(), finetune='lora')\n"),
 }

@@ -12,11 +12,11 @@ from transformers import AutoModelForCausalLM
 from conftest import REPO, SHARED_OPENI, run_torchrun, run_until_checkpoint_then_kill, write_yaml
 from xraygpt import builders
 from xraygpt.config import load_config, validate
-from xraygpt.conversation import PromptFormat, PromptTokenizer
-from xraygpt.data.conversations import build_conversations, build_summaries
 from xraygpt.data.datasets import DatasetError
+from xraygpt.data.text_datasets import build_conversations, build_summaries
 from xraygpt.evaluation.perplexity import conversation_perplexity
 from xraygpt.models.llm import import_bitsandbytes_offline, load_llm, load_tokenizer
+from xraygpt.prompting import PromptFormat, PromptTokenizer
 from xraygpt.training.checkpoint import read_checkpoint
 from xraygpt.runtime import DistInfo
 

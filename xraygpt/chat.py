@@ -31,9 +31,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
-from xraygpt.conversation import with_image
 from xraygpt.data.transforms import MedCLIPImageEval
 from xraygpt.models.generation import GenerationSettings
+from xraygpt.prompting import with_image
 
 logger = logging.getLogger(__name__)
 

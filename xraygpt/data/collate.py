@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from xraygpt.constants import IGNORE_INDEX
-from xraygpt.conversation import PromptTokenizer
+from xraygpt.prompting import PromptTokenizer
 
 
 def pad_sequences(seqs: list[list[int]], pad_value: int, side: str = "right") -> torch.Tensor:

@@ -42,12 +42,12 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
-from xraygpt.conversation import PromptTokenizer, load_instructions
 from xraygpt.data.feature_cache import FEATURE_CACHE, FeatureCache, FeatureCacheError
 from xraygpt.data.formats import (IMAGE_FILES, Capabilities, DatasetError, capabilities_of, dataset_format, image_text_sample,
                                   log_dropped, read_samples)
 from xraygpt.data.shards import ShardDataset, read_manifest
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
+from xraygpt.prompting import PromptTokenizer, load_instructions
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)

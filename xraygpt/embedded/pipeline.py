@@ -24,11 +24,11 @@ import random
 from pathlib import Path
 
 from xraygpt.atomic import atomic_write_text
-from xraygpt.conversation import load_instructions
 from xraygpt.embedded.anatomy import FINDINGS
 from xraygpt.embedded.assets import conversation_texts, write_tiny_encoder, write_tiny_llm
 from xraygpt.embedded.dataset import generate_dataset
 from xraygpt.embedded.scores import finding_scores, format_table
+from xraygpt.prompting import load_instructions
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def evaluate_findings(run_dir: Path, split_dir: Path, out_dir: Path, batch_size:
     from xraygpt.config import load_config
     from xraygpt.data.datasets import MixedDataset, build_openi
     from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
-    from xraygpt.evaluation.generate import IMAGE_MODES, generate_for_dataset
+    from xraygpt.evaluation.generate import IMAGE_ABLATION_MODES, generate_for_dataset
 
     cfg = load_config(run_dir / "config.yaml", [f"model.ckpt={run_dir / 'checkpoints' / 'checkpoint_last.pt'}"])
     model = builders.build_model(cfg.model, seed)
@@ -119,7 +119,7 @@ def evaluate_findings(run_dir: Path, split_dir: Path, out_dir: Path, batch_size:
     labels = json.loads((split_dir / "labels.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for mode in IMAGE_MODES:
+    for mode in IMAGE_ABLATION_MODES:
         rows = generate_for_dataset(model, dataset, batch_size, mode, model.encoder.image_size, processor,
                                     max_new_tokens=max_new_tokens)
         atomic_write_text(out_dir / f"predictions_{mode}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

@@ -36,7 +36,7 @@ from xraygpt.atomic import atomic_write_text
 from xraygpt.data.formats import DatasetError, capabilities_of
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
 from xraygpt.evaluation.fingerprint import FINGERPRINT, differences, model_fingerprint, read_fingerprint, split_fingerprint
-from xraygpt.evaluation.generate import IMAGE_MODES, blank_image, generate_fitting, sample_windows
+from xraygpt.evaluation.generate import IMAGE_ABLATION_MODES, blank_image, generate_fitting, sample_windows
 from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
@@ -68,8 +68,8 @@ def check_settings(batch_size: int, image_mode: str, backend: str) -> None:
     validation calls this before anything is loaded)."""
     if batch_size < 1:
         raise ValueError(f"evaluation.batch_size must be >= 1, got {batch_size}")
-    if image_mode not in IMAGE_MODES:
-        raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_MODES)}, got {image_mode!r}")
+    if image_mode not in IMAGE_ABLATION_MODES:
+        raise ValueError(f"evaluation.image_mode must be one of {', '.join(IMAGE_ABLATION_MODES)}, got {image_mode!r}")
     if backend not in BACKENDS:
         raise ValueError(f"evaluation.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 

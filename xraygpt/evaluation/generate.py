@@ -24,15 +24,16 @@ from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from PIL import Image
 from tqdm import tqdm
 
-from xraygpt.conversation import PromptTokenizer
 from xraygpt.data.collate import GenerationCollator
 from xraygpt.models.generation import GenerationSettings
+from xraygpt.prompting import PromptTokenizer
 
 if TYPE_CHECKING:
     from xraygpt.evaluation.vllm_engine import VLLMEngine
     from xraygpt.models.xraygpt import XrayGPT
 
-IMAGE_MODES = ("image", "shuffled", "blank")
+# evaluation.image_mode: each sample's own image, another sample's (shuffled), or a blank one
+IMAGE_ABLATION_MODES = ("image", "shuffled", "blank")
 WINDOW_BATCHES = 4  # samples are read this many batches at a time and sorted by prompt length within the window
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ def load_samples(dataset, keys: list[int], image_mode: str = "image", blank: tor
 
     Each sample gains `image_source`: the id of the image it now carries ("blank" for `blank`).
     """
-    if image_mode not in IMAGE_MODES:
-        raise ValueError(f"image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
+    if image_mode not in IMAGE_ABLATION_MODES:
+        raise ValueError(f"image_mode must be one of {IMAGE_ABLATION_MODES}, got {image_mode!r}")
     if image_mode == "blank" and blank is None:
         raise ValueError("image_mode 'blank' needs the blank image")
     samples = [dataset[k] for k in keys]

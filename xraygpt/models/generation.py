@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from xraygpt.conversation import PromptTokenizer
+    from xraygpt.prompting import PromptTokenizer
 
 
 class GenerationSettingsError(ValueError):

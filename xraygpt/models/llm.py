@@ -4,7 +4,7 @@ Never touches a model hub (`local_files_only=True`).  Pitfalls handled here, mea
 transformers 5.23: `LlamaTokenizer(vocab_file=...)` silently builds a 3-token vocabulary, so the
 tokenizer always comes from `from_pretrained(folder)`; the tokenizer may have no pad token (we
 set one for batching; positions are masked out anyway); `dtype=` replaces `torch_dtype=`.
-BOS is added explicitly by `xraygpt.conversation`, not by tokenizer flags.
+BOS is added explicitly by `xraygpt.prompting`, not by tokenizer flags.
 
 Low-resource inference (`quantization: 8bit | 4bit`): the LLM's linear layers are loaded
 through bitsandbytes (LLM.int8 or NF4 with double quantization, computing in `dtype`), placed on

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xraygpt.conversation import PromptFormat, PromptTokenizer
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import import_bitsandbytes_offline, is_quantized, load_llm
 from xraygpt.models.loss import target_token_loss
+from xraygpt.prompting import PromptFormat, PromptTokenizer
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from xraygpt.constants import IMAGE_TOKEN_ID
-from xraygpt.conversation import PromptFormat, PromptTokenizer
 from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import load_llm
@@ -30,6 +29,7 @@ from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vi
 from xraygpt.models.loss import target_token_loss
 from xraygpt.models.multimodal import embed_with_images
 from xraygpt.models.projector import NORM_MODES, LinearProjector
+from xraygpt.prompting import PromptFormat, PromptTokenizer
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from xraygpt.data.prepare.fidelity import fidelity_table, read_prepared, table_l
 from xraygpt.data.prepare.llm_summary import BACKENDS, DEFAULT_PROMPT, LLMSummarizer
 from xraygpt.data.prepare.mimic import prepare_mimic
 from xraygpt.data.prepare.openi import prepare_openi
-from xraygpt.data.prepare.pipeline import IMAGE_MODES, PrepareError
+from xraygpt.data.prepare.pipeline import IMAGE_STORAGE_MODES, PrepareError
 from xraygpt.data.prepare.stats import summary_lines
 from xraygpt.data.prepare.to_shards import prepare_shards
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     def add_layout_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="new (or empty) output folder")
-        p.add_argument("--image-mode", choices=IMAGE_MODES, default="link",
+        p.add_argument("--image-mode", choices=IMAGE_STORAGE_MODES, default="link",
                        help="link: symbolic links to the source images; copy: copies")
         p.add_argument("--no-verify-images", action="store_true", help="skip the header check of every image")
         p.add_argument("--summarizer", choices=("rule", "llm"), default="rule",

@@ -37,7 +37,8 @@ from xraygpt.data.prepare.sections import remove_controls
 from xraygpt.data.prepare.splits import SPLITS
 from xraygpt.data.prepare.stats import PrepareStats
 
-IMAGE_MODES = ("link", "copy")
+# --image-mode: how a prepared split holds its images (symbolic links to the source, or copies)
+IMAGE_STORAGE_MODES = ("link", "copy")
 
 
 class PrepareError(ValueError):
@@ -138,8 +139,8 @@ def reports_with_images(reports: list[Report], images: list[ImageRef], stats: Pr
 def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef], str], image_mode: str,
                  stats: PrepareStats) -> dict:
     """Write the per-split folders and stats.json (see module docstring); returns the stats content."""
-    if image_mode not in IMAGE_MODES:
-        raise PrepareError(f"unknown image mode {image_mode!r}; known: {', '.join(IMAGE_MODES)}")
+    if image_mode not in IMAGE_STORAGE_MODES:
+        raise PrepareError(f"unknown image mode {image_mode!r}; known: {', '.join(IMAGE_STORAGE_MODES)}")
     for split in SPLITS:
         annotations, split_reports = [], {}
         image_dir = out / split / "image"

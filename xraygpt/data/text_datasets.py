@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
-from xraygpt.conversation import PromptTokenizer, load_instructions
 from xraygpt.data.formats import Capabilities, DatasetError, read_annotations
+from xraygpt.prompting import PromptTokenizer, load_instructions
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 import pytest
 
 from xraygpt.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
-from xraygpt.conversation import PromptFileError, PromptFormat, PromptTokenizer, load_instructions
 from xraygpt.models.llm import load_tokenizer
+from xraygpt.prompting import PromptFileError, PromptFormat, PromptTokenizer, load_instructions
 
 
 @pytest.fixture(scope="module")
