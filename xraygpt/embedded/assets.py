@@ -19,11 +19,15 @@ import math
 import random
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE, IMAGE_PLACEHOLDER
 from xraygpt.embedded.anatomy import FINDINGS
+
+if TYPE_CHECKING:
+    from xraygpt.data.transforms import ImagePreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +42,15 @@ TINY_LLAMA = {
 }
 
 
-def load_labelled_images(split_dir: Path, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, S, S) MedCLIP-normalised images and (N, len(FINDINGS)) 0/1 labels of a synthetic split."""
+def load_labelled_images(split_dir: Path, preprocessing: ImagePreprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, S, S) images of a synthetic split as an encoder with `preprocessing` takes them
+    (`MedCLIPVisionEncoder.preprocessing`: size S, MedCLIP's mean and std) and (N, len(FINDINGS)) 0/1 labels."""
     from PIL import Image
 
     from xraygpt.data.transforms import MedCLIPImageEval
 
     labels = json.loads((split_dir / "labels.json").read_text())
-    process = MedCLIPImageEval(image_size)
+    process = MedCLIPImageEval(preprocessing=preprocessing)
     images, targets = [], []
     for image_id, findings in labels.items():
         with Image.open(split_dir / "image" / f"{image_id}.png") as img:
@@ -111,9 +116,10 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
     torch.manual_seed(seed)
     encoder = MedCLIPVisionEncoder(load_swin_config(out / "swin_config.json"), projection_dim=64)
     if train_split is not None:
-        images, labels = load_labelled_images(train_split, TINY_SWIN["image_size"])
+        images, labels = load_labelled_images(train_split, encoder.preprocessing)
         # A blank (black) image shows nothing: teach the stand-in that it carries no finding.
-        blank = blank_image(MedCLIPImageEval(TINY_SWIN["image_size"]), TINY_SWIN["image_size"]).unsqueeze(0)
+        process = MedCLIPImageEval(preprocessing=encoder.preprocessing)
+        blank = blank_image(process, process.image_size).unsqueeze(0)
         n_blank = max(1, len(images) // 20)
         images = torch.cat([images, blank.expand(n_blank, -1, -1, -1)])
         labels = torch.cat([labels, torch.zeros(n_blank, labels.shape[1])])

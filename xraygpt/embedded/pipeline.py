@@ -113,14 +113,14 @@ def evaluate_findings(run_dir: Path, split_dir: Path, out_dir: Path, batch_size:
 
     cfg = load_config(run_dir / "config.yaml", [f"model.ckpt={run_dir / 'checkpoints' / 'checkpoint_last.pt'}"])
     model = builders.build_model(cfg.model, seed)
-    processor = MedCLIPImageEval(model.encoder.image_size)
+    processor = MedCLIPImageEval(preprocessing=model.image_preprocessing)
     prompt_path = next(iter(cfg.datasets.values())).prompt_path
     dataset = MixedDataset([build_openi(str(split_dir), processor, CaptionProcessor(), prompt_path=prompt_path)], seed)
     labels = json.loads((split_dir / "labels.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for mode in IMAGE_ABLATION_MODES:
-        rows = generate_for_dataset(model, dataset, batch_size, mode, model.encoder.image_size, processor,
+        rows = generate_for_dataset(model, dataset, batch_size, mode, processor.image_size, processor,
                                     max_new_tokens=max_new_tokens)
         atomic_write_text(out_dir / f"predictions_{mode}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
         results[mode] = finding_scores([r["prediction"] for r in rows], [labels[r["image_id"]] for r in rows])
