@@ -90,13 +90,44 @@ def report(stage_dirs: list[Path], eval_dir: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+# The learnability bars (README, "Learnability"): each run's macro F1 with the image and every
+# finding's F1 at least these, the mean macro F1 over runs at least MEAN_BAR, shuffled images at
+# least DROP_BAR lower than the image, and no finding asserted for a blank image.
+MACRO_BAR, FINDING_BAR, MEAN_BAR, DROP_BAR = 0.85, 0.75, 0.90, 0.5
+
+
+def seed_verdict(result: dict) -> list[str]:
+    """The learnability bars one findings_metrics.json misses (empty when it clears them all)."""
+    image = result["image"]
+    missed = []
+    if image["macro_f1"] < MACRO_BAR:
+        missed.append(f"macro F1 {image['macro_f1']:.3f} < {MACRO_BAR}")
+    missed += [f"{f} F1 {v['f1']:.3f} < {FINDING_BAR}" for f, v in image["per_finding"].items() if v["f1"] < FINDING_BAR]
+    if image["macro_f1"] - result["shuffled"]["macro_f1"] < DROP_BAR:
+        missed.append(f"shuffled only {image['macro_f1'] - result['shuffled']['macro_f1']:.3f} lower")
+    if result["blank"]["predicted_positive_rate"] > 0:
+        missed.append("findings for a blank image")
+    return missed
+
+
 def summarise_seeds(metric_files: list[Path]) -> str:
-    """One line per seed run: macro F1 with the image, shuffled and blank, and findings per blank image."""
-    lines = [f"{'run':<48}{'image':>8}{'shuffled':>10}{'blank':>8}{'blank findings/img':>20}"]
-    for path in metric_files:
-        r = json.loads(path.read_text())
-        lines.append(f"{str(path.parent):<48}{r['image']['macro_f1']:>8.3f}{r['shuffled']['macro_f1']:>10.3f}"
-                     f"{r['blank']['macro_f1']:>8.3f}{r['blank']['predicted_positive_rate'] * len(FINDINGS):>20.2f}")
+    """One line per run (findings_metrics.json): macro F1 with the image, each finding's F1 with the
+    image, macro F1 with images shuffled and with a blank image, findings asserted per blank image,
+    and the bars it misses; then the mean over runs and whether every bar holds."""
+    head = "".join(f"{f[:12]:>13}" for f in FINDINGS)
+    lines = [f"{'run':<44}{'image':>7}{head}{'shuffled':>10}{'blank':>7}{'blank/img':>10}  bars"]
+    results = [json.loads(path.read_text()) for path in metric_files]
+    for path, r in zip(metric_files, results):
+        per = "".join(f"{r['image']['per_finding'][f]['f1']:>13.3f}" for f in FINDINGS)
+        missed = seed_verdict(r)
+        lines.append(f"{str(path.parent):<44}{r['image']['macro_f1']:>7.3f}{per}{r['shuffled']['macro_f1']:>10.3f}"
+                     f"{r['blank']['macro_f1']:>7.3f}{r['blank']['predicted_positive_rate'] * len(FINDINGS):>10.2f}"
+                     f"  {'; '.join(missed) if missed else 'all met'}")
+    if results:
+        mean = sum(r["image"]["macro_f1"] for r in results) / len(results)
+        every = all(not seed_verdict(r) for r in results) and mean >= MEAN_BAR
+        lines.append(f"mean macro F1 over {len(results)} runs: {mean:.3f} (bar {MEAN_BAR}); "
+                     f"{'every bar met' if every else 'NOT every bar met'}")
     return "\n".join(lines)
 
 
