@@ -358,3 +358,33 @@ def test_finding_scores_count_per_finding_and_average_over_findings() -> None:
     assert json.loads(json.dumps(scores)) == scores  # plain JSON types
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         finding_scores(predictions[:2], [[]])
+
+
+def test_slots_mirror_where_each_finding_is_drawn(tmp_path: Path) -> None:
+    """slots.json: grid*grid one-word items per image, exactly the image's findings (each at least
+    once) and the filler elsewhere; an effusion's cells lie on its side of the image (patient right
+    = viewer left); a normal image's slot is all filler."""
+    from xraygpt.embedded.anatomy import sample_case
+    from xraygpt.embedded.slots import FILLER, SLOT_WORDS
+
+    generate_dataset(tmp_path, num_train=60, num_val=0, num_test=0, seed=7, image_size=112, slot_grid=7)
+    labels = json.loads((tmp_path / "train" / "labels.json").read_text())
+    slots = json.loads((tmp_path / "train" / "slots.json").read_text())
+    assert slots.keys() == labels.keys()
+    sides_checked = 0
+    for i, (image_id, findings) in enumerate(labels.items()):
+        items = slots[image_id].split(" ")
+        assert len(items) == 49
+        assert set(items) - {FILLER} == {SLOT_WORDS[f] for f in findings}, image_id
+        if "pleural_effusion" in findings:
+            case = sample_case(frozenset(findings), np.random.default_rng([7, 0, 1, i]))
+            columns = [k % 7 for k, w in enumerate(items) if w == "effusion"]
+            assert (np.mean(columns) < 3) == (case.effusion_side == "right"), image_id
+            sides_checked += 1
+    assert sides_checked >= 10
+    assert any(not f for f in labels.values())
+
+
+def test_slot_grid_must_divide_the_image_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a multiple of the slot grid 5"):
+        generate_dataset(tmp_path, num_train=2, num_val=0, num_test=0, seed=0, image_size=112, slot_grid=5)

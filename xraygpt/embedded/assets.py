@@ -36,6 +36,13 @@ TINY_SWIN = {
     "depths": [2, 2], "num_heads": [4, 8], "window_size": 7, "mlp_ratio": 4.0,
     "drop_path_rate": 0.0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
 }
+
+
+def token_grid(swin: dict) -> int:
+    """Tokens per side of a Swin's last stage: image_size / (patch_size * 2**(stages - 1)) (7 for TINY_SWIN)."""
+    return swin["image_size"] // (swin["patch_size"] * 2 ** (len(swin["depths"]) - 1))
+
+
 TINY_LLAMA = {
     "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 4, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,

@@ -3,7 +3,8 @@
 Writes, for split in train/val/test, ``<root>/<split>/filter_cap.json`` (``{"annotations":
 [{"image_id", "caption"}]}``), ``<root>/<split>/image/<image_id>.png`` (size x size 8-bit
 grayscale) and ``<root>/<split>/labels.json`` (image_id -> sorted findings), the layout the data
-pipeline reads.
+pipeline reads; with ``slot_grid`` also ``<root>/<split>/slots.json`` (image_id -> where each
+finding is drawn, as words on the encoder's token grid, `slots.finding_slot`), stage 0's context.
 
 Why it exists: the real MIMIC-CXR / OpenI data need credentials and large downloads; the stack
 must still run and be tested end to end offline.  It is a *learnability task*: every caption is a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import numpy as np
 from xraygpt.atomic import atomic_write_text
 from xraygpt.embedded.anatomy import FINDINGS, sample_case
 from xraygpt.embedded.render import render
+from xraygpt.embedded.slots import finding_slot
 from xraygpt.embedded.summaries import case_summary
 
 logger = logging.getLogger(__name__)
@@ -50,6 +53,15 @@ def _assign_findings(n: int, prevalence: float, rng: np.random.Generator) -> lis
     return [frozenset(s) for s in sets]
 
 
+def _without(case, rng_key: list[int]):
+    """finding -> `case` without it: resampled from the same rng state (so the same anatomy, pose
+    and noise; the heart's size depends on cardiomegaly), keeping the drawn nodules' positions."""
+    def case_without(finding: str):
+        other = sample_case(case.findings - {finding}, np.random.default_rng(rng_key))
+        return dataclasses.replace(other, nodules=case.nodules)
+    return case_without
+
+
 def _write_json(path: Path, obj: Any) -> None:
     """`obj` as indented ASCII JSON plus a newline, written whole or not at all."""
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=True) + "\n")
@@ -63,6 +75,7 @@ def generate_dataset(
     seed: int = 0,
     image_size: int = 224,
     prevalence: float = 0.35,
+    slot_grid: int = 0,
 ) -> dict[str, int]:
     """Writes root/<split>/filter_cap.json + root/<split>/image/<image_id>.png + root/<split>/labels.json for split in train/val/test; returns {split: count}.
 
@@ -73,7 +86,9 @@ def generate_dataset(
     are disjoint.  Each finding is present on exactly ``round(prevalence * n)`` images of
     a split (chosen independently per finding).  Output bytes depend only on the
     arguments (same seed -> identical files).  Existing files of the same names are
-    overwritten; other files under ``root`` are left alone.
+    overwritten; other files under ``root`` are left alone.  ``slot_grid`` > 0 also writes
+    ``slots.json``: per image, ``slot_grid``**2 words in raster order (rendered at
+    ``image_size``, which it must divide).
     """
     counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
     if any(v < 0 for v in counts.values()):
@@ -91,6 +106,7 @@ def generate_dataset(
         finding_sets = _assign_findings(n, prevalence, assign_rng)
         annotations: list[dict[str, str]] = []
         labels: dict[str, list[str]] = {}
+        slots: dict[str, str] = {}
         for i, findings in enumerate(finding_sets):
             image_id = f"{split}_{i + 1:06d}"
             rng = np.random.default_rng([seed, split_index, 1, i])
@@ -100,8 +116,12 @@ def generate_dataset(
             image.save(image_dir / f"{image_id}.png", format="PNG", compress_level=6)
             annotations.append({"image_id": image_id, "caption": caption})
             labels[image_id] = sorted(findings)
+            if slot_grid > 0:
+                slots[image_id] = finding_slot(case, _without(case, [seed, split_index, 1, i]), image_size, slot_grid)
         _write_json(split_dir / "labels.json", labels)
         _write_json(split_dir / "filter_cap.json", {"annotations": annotations})
+        if slot_grid > 0:
+            _write_json(split_dir / "slots.json", slots)
         logger.info("wrote %d %s images to %s", n, split, split_dir)
     logger.info("synthetic dataset written to %s in %.1f s", root, time.perf_counter() - started)
     return counts

@@ -2,7 +2,8 @@
 
 `prepare(out, seed, ...)` writes under `out`:
 
-    data/mimic/{train,val,test}/   synthetic images + summaries (XrayGPT layout), 112 px
+    data/mimic/{train,val,test}/   synthetic images + summaries (XrayGPT layout), 112 px, with
+                                   slots.json (findings on the encoder's 7 x 7 grid, stage 0's context)
     data/openi/{train,val,test}/   a second, smaller synthetic source for stage 2
     data/encoder_pretrain/train/   4x as many images, used only to pretrain the tiny encoder
     medclip_tiny/                  the tiny MedCLIP-format encoder (`assets.write_tiny_encoder`),
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from xraygpt.atomic import atomic_write_text
 from xraygpt.embedded.anatomy import FINDINGS
-from xraygpt.embedded.assets import conversation_texts, write_tiny_encoder, write_tiny_llm
+from xraygpt.embedded.assets import TINY_SWIN, conversation_texts, token_grid, write_tiny_encoder, write_tiny_llm
 from xraygpt.embedded.dataset import generate_dataset
 from xraygpt.embedded.scores import finding_scores, format_table
 from xraygpt.prompting import load_instructions
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE.json"
 # Bump when what `prepare` writes changes, so stale folders are regenerated.
-EMBEDDED_VERSION = 3
+EMBEDDED_VERSION = 4
 
 
 def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False,
@@ -48,7 +49,8 @@ def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     counts = {
-        "mimic": generate_dataset(out / "data" / "mimic", num_train=num_train, num_val=16, num_test=100, seed=seed, image_size=112),
+        "mimic": generate_dataset(out / "data" / "mimic", num_train=num_train, num_val=16, num_test=100, seed=seed,
+                                  image_size=112, slot_grid=token_grid(TINY_SWIN)),
         "openi": generate_dataset(out / "data" / "openi", num_train=max(1, num_train // 3), num_val=16, num_test=100, seed=seed + 1, image_size=112),
     }
     logger.info("synthetic data: %s", counts)
