@@ -29,13 +29,17 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # the tests exercise the demo (gradio_client, a headless browser via selenium), the metrics
-        # and 8/4-bit inference (bitsandbytes runs on the CPU too)
+        # the tests exercise the demo (gradio_client, a headless browser via selenium), the metrics,
+        # 8/4-bit inference (bitsandbytes runs on the CPU too), the OpenAI-compatible server (with
+        # the official openai client), the terminal chat (in a pseudo-terminal, pexpect) and the
+        # tensorboard log
         "dev": ["pytest>=8", "gradio>=6,<7", "selenium>=4.20", "rouge-score>=0.1.2", "pydicom>=3",
-                "bitsandbytes>=0.49"],
+                "bitsandbytes>=0.49", "openai>=1.0", "pexpect>=4.8", "tensorboard>=2.15"],
         "demo": ["gradio>=6,<7"],
         "dicom": ["pydicom>=3"],
         "eval": ["rouge-score>=0.1.2"],
         "quant": ["bitsandbytes>=0.49"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        "tensorboard": ["tensorboard>=2.15"],
     },
 )
