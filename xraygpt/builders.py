@@ -8,7 +8,9 @@ dataset's images).
 `load_job_config` is the one way a config file comes in for train.py, evaluate.py and demo.py
 (and for the test of every YAML in the repo): the job is the one the file declares by its own
 section (`run`, `evaluation` or `demo`), and the config is validated for that job as far as
-it can be without reading weights or data (see its docstring).
+it can be without reading weights or data (see its docstring).  With `model_folder` (an
+entry point's `--model FOLDER`) the `model` section is an exported model folder's
+(`model_section_from_folder`, the same section `XrayGPT.from_pretrained` builds).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from xraygpt.data.shards import ShardDataset
 from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.errors import first_line
 from xraygpt.evaluation import evaluator
+from xraygpt.models.model_folder import ModelFolderError
 from xraygpt.ui.settings import demo_settings, load_demo_config
 
 logger = logging.getLogger(__name__)
@@ -77,11 +80,54 @@ def build_model(model_cfg: Any, seed: int = 0):
             kwargs[name] = built
     model = cls(**kwargs)
     if ckpt:
-        from xraygpt.training.checkpoint import read_checkpoint
-
-        model.load_trainable_state_dict(read_checkpoint(ckpt)["model"], ckpt)
+        model.load_trainable_state_dict(read_trainable_weights(ckpt), ckpt)
         logger.info("initialised trainable weights from %s", ckpt)
     return model
+
+
+def read_trainable_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The trained weights `model.ckpt` names: a training checkpoint's `model` entry (`.pt`), or an
+    exported model folder's `projection.safetensors`."""
+    if str(path).endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not Path(path).is_file():
+            raise ModelFolderError(f"trained weights {path} do not exist")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise ModelFolderError(f"cannot read trained weights {path}: {first_line(exc)}") from None
+    from xraygpt.training.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)["model"]
+
+
+def model_section_from_folder(folder: str | Path) -> dict:
+    """The `model` config section of an exported model folder (written by `python -m xraygpt.export`).
+
+    Reads `<folder>/model.yaml`, validates it as a model section (every default filled in, like
+    a config file's `model`), makes its paths (the projection `ckpt`, `encoder.checkpoint`,
+    `encoder.swin_config`, `llm.path`) absolute, relative ones being relative to the folder, and
+    checks that each exists; when the folder references its LLM instead of holding a copy, checks
+    the referenced folder's files against the sha256 the export recorded.  Opens no weights.
+
+    Returns a plain dict for `build_model` (or to put in a config's `model` section: see
+    `load_job_config(model_folder=...)`, which the entry points' `--model FOLDER` uses).
+    Raises `ModelFolderError` (a ValueError) in one line naming the missing or changed file.
+    """
+    from xraygpt.config import validate
+    from xraygpt.models import model_folder
+
+    path = model_folder.check_model_folder(folder)
+    raw = read_yaml(path / model_folder.MODEL_FILE)
+    try:
+        section = validate(OmegaConf.create({"model": raw}), required=("model",)).model
+    except ValueError as exc:
+        raise ModelFolderError(f"{path / model_folder.MODEL_FILE}: {first_line(exc)}") from None
+    resolved = model_folder.resolve_paths(_kwargs(section), path)
+    model_folder.verify_llm_reference(path, resolved["llm"]["path"])
+    return resolved
 
 
 def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_tokenizer=None,
@@ -247,8 +293,8 @@ def declared_job(path: str | Path, user: DictConfig | None = None) -> str | None
     return declared[0] if declared else None
 
 
-def load_job_config(cfg_path: str | Path, options: list[str] | None = None,
-                    job: str | None = None) -> tuple[str, DictConfig]:
+def load_job_config(cfg_path: str | Path | None, options: list[str] | None = None,
+                    job: str | None = None, model_folder: str | Path | None = None) -> tuple[str, DictConfig]:
     """(job, validated config) of a config file, every default filled in.
 
     The job is the one the file declares (`declared_job`): `run` -> training (train.py),
@@ -262,10 +308,21 @@ def load_job_config(cfg_path: str | Path, options: list[str] | None = None,
     `ReportEvaluator` refuses, and for the demo the values `DemoSettings` refuses. Paths are not
     opened: a checkpoint, LLM folder or dataset that is not there yet fails when it is built.
 
-    Raises ConfigError in one line `<file>: <problem naming the key>`.
+    `model_folder` (an exported model folder, an entry point's `--model FOLDER`): its model
+    section (`model_section_from_folder`) replaces the file's `model` before `options` apply
+    (`--options model.llm.quantization=8bit` still works); `cfg_path` may then be None for a job
+    that needs no other section (the demo: a config is the file's sections, here none).
+
+    Raises ConfigError in one line `<file>: <problem naming the key>` (a model folder's own
+    problems: `ModelFolderError`, naming the folder's file).
     """
-    path = Path(cfg_path)
-    declared = declared_job(path, read_yaml(path))
+    if cfg_path is None and model_folder is None:
+        raise ValueError("load_job_config needs a config file, a model folder or both")
+    path = Path(cfg_path) if cfg_path is not None else Path(model_folder)
+    user = read_yaml(path) if cfg_path is not None else OmegaConf.create({})
+    if model_folder is not None:
+        user["model"] = model_section_from_folder(model_folder)
+    declared = declared_job(path, user)
     known = ", ".join(f"{section!r} ({entry})" for section, entry, *_ in JOBS.values())
     if job is not None and job not in JOBS:
         raise ValueError(f"unknown job {job!r} (known: {', '.join(JOBS)})")
@@ -278,7 +335,7 @@ def load_job_config(cfg_path: str | Path, options: list[str] | None = None,
     job = job or declared
     _, _, load, check = JOBS[job]
     try:
-        cfg = load(path, options)
+        cfg = load(path if model_folder is None else user, options)  # load_config takes a file or what was read
         if check is not None:
             check(cfg)
     except ValueError as exc:

@@ -16,12 +16,21 @@ import sys
 from xraygpt.errors import first_line
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cfg_help: str, options_help: str) -> None:
-    """--cfg-path (required), --options KEY=VALUE..., --print-config."""
-    parser.add_argument("--cfg-path", required=True, help=cfg_help)
+def add_config_arguments(parser: argparse.ArgumentParser, cfg_help: str, options_help: str,
+                         required: bool = True) -> None:
+    """--cfg-path (required unless `required` is False), --options KEY=VALUE..., --print-config."""
+    parser.add_argument("--cfg-path", required=required, help=cfg_help)
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help=options_help)
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (all defaults filled in) and exit")
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model FOLDER: an exported model folder whose model replaces the config's `model` section
+    (pass it to `builders.load_job_config(..., model_folder=args.model)`)."""
+    parser.add_argument("--model", metavar="FOLDER", default=None,
+                        help="an exported model folder (python -m xraygpt.export); replaces the config's model "
+                             "section (--options model.KEY=VALUE still apply)")
 
 
 # What every entry point reports in one line instead of a traceback.

@@ -279,9 +279,12 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
     return OmegaConf.create(out)
 
 
-def read_yaml(cfg_path: str | Path) -> DictConfig:
+def read_yaml(cfg_path: str | Path | DictConfig) -> DictConfig:
     """A config file as written (no defaults, no overrides); ConfigError naming the file when it is
-    missing, not YAML, or not a mapping of sections."""
+    missing, not YAML, or not a mapping of sections.  A config already read (a DictConfig, e.g. a
+    file whose `model` `builders.load_job_config` replaced with an exported model's) is returned as is."""
+    if isinstance(cfg_path, DictConfig):
+        return cfg_path
     path = Path(cfg_path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -295,7 +298,7 @@ def read_yaml(cfg_path: str | Path) -> DictConfig:
     return user
 
 
-def load_config(cfg_path: str | Path, options: list[str] | None = None,
+def load_config(cfg_path: str | Path | DictConfig, options: list[str] | None = None,
                 required: tuple[str, ...] = TRAINING_SECTIONS, settings: dict[str, Callable] | None = None) -> DictConfig:
     """Load a YAML file, apply `key=value` overrides, validate (see module docstring and `validate`)."""
     user = read_yaml(cfg_path)
