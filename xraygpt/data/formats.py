@@ -3,7 +3,7 @@
 XrayGPT (`format: xraygpt`):
 
     <root>/filter_cap.json   {"annotations": [{"image_id": "1384_1", "caption": "...", ...}, ...]}
-    <root>/image/<image_id>.png|.jpg|...
+    <root>/image/<image_id>.png|.jpg|.dcm|...
 
 R2Gen (`format: r2gen`; one file holds every split):
 
@@ -22,8 +22,8 @@ attribute, and callers ask `capabilities_of(dataset)` instead of checking its ty
 
 Readers never stop at a bad entry: malformed entries, empty captions, duplicate ids (the first
 is kept), image paths that would leave the image folder (absolute, `..`: refused, never read;
-`xraygpt.data.paths`), missing images and (with `verify_images`) files whose header PIL cannot
-read are returned in `dropped` ({reason: [ids]}), to be logged or written to a report by the
+`xraygpt.data.paths`), missing images and (with `verify_images`) files whose header cannot be
+read (`xraygpt.data.images`; DICOM included) are returned in `dropped` ({reason: [ids]}), to be logged or written to a report by the
 caller.
 """
 
@@ -42,11 +42,11 @@ from PIL import Image
 
 from xraygpt import registry
 from xraygpt.data.paths import UnsafePath, confined
-from xraygpt.data.transforms import DECODE_ERRORS
+from xraygpt.data.images import DECODE_ERRORS, read_header
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 
@@ -231,11 +231,12 @@ def read_r2gen(root: Path, ann_file: str, image_dir: str, split: str) -> tuple[l
 
 
 def readable_header(path: Path) -> bool:
-    """True when PIL recognises the file as an image (reads the header only, not the pixels)."""
+    """True when the file's header reads as an image (`xraygpt.data.images.read_header`: PNG, JPEG,
+    ..., or DICOM whose pixels can be decoded here); no pixel is decoded."""
     try:
-        with Image.open(path):
-            return True
-    except DECODE_ERRORS:
+        read_header(path)
+        return True
+    except DECODE_ERRORS:  # ImageReadError, or what a damaged header makes a reader raise
         return False
 
 

@@ -10,8 +10,9 @@ hand it to the image processors; a processor's own `image_size` (a config key ke
 YAML) must then agree with it.  A processor built alone (no encoder) uses MedCLIP's statistics
 at `image_size` (224 when not given).
 
-Decoding (`decode_image`) refuses images with more than `max_pixels` pixels from the header,
-before any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what PIL's
+Decoding (`decode_image`) is `xraygpt.data.images.read_xray`: PNG/JPEG/... and DICOM, EXIF
+orientation applied, images with more than `max_pixels` pixels refused from the header before
+any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what PIL's
 `convert("L")` gets wrong for X-rays: 16-bit / 32-bit / float images are min-max scaled to
 0..255 (PIL would clip them at 255), and images with transparency are composited on black
 (PIL would drop the alpha and keep whatever colour transparent pixels carry).
@@ -20,10 +21,8 @@ before any pixel is decoded.  Grayscale conversion (`to_grayscale`) handles what
 from __future__ import annotations
 
 import dataclasses
-import io
 import random
 import re
-import struct
 from pathlib import Path
 from typing import Optional
 
@@ -32,12 +31,9 @@ import torch
 from PIL import Image, ImageEnhance
 
 from xraygpt.constants import MEDCLIP_IMAGE_SIZE, MEDCLIP_MEAN, MEDCLIP_STD
+from xraygpt.data.images import DECODE_ERRORS, read_xray  # noqa: F401  (DECODE_ERRORS re-exported for the datasets)
 from xraygpt.registry import register
 
-
-# What PIL raises for files that are not images, truncated or corrupt (struct.error, SyntaxError
-# and EOFError come from some plugins' chunk readers), or beyond its own decompression-bomb limit.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 # PIL modes holding more than 8 bits per pixel (16-bit PNGs open as I;16*).
 WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")
@@ -67,17 +63,13 @@ def resolve_preprocessing(image_size: Optional[int], preprocessing: Optional[Ima
 
 
 def decode_image(source: Path | bytes, max_pixels: int) -> Image.Image:
-    """A fully decoded image from a file or its bytes.
+    """A fully decoded image (PNG, JPEG, ..., DICOM) from a file or its bytes.
 
-    Raises ValueError when width x height exceeds `max_pixels` (read from the header, before
-    decoding), and one of DECODE_ERRORS when the data is not a decodable image.
+    Raises `xraygpt.data.images.ImageReadError` (a ValueError, one of DECODE_ERRORS) naming the
+    file when width x height exceeds `max_pixels` (read from the header, before decoding) or the
+    data is not a decodable image.
     """
-    with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ValueError(f"{width}x{height} pixels exceed the cap of {max_pixels}")
-        img.load()
-        return img.copy()
+    return read_xray(source, max_pixels)
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
