@@ -51,7 +51,7 @@ def test_r2gen_one_sample_per_image_and_bad_entries(tmp_path):
     assert dropped == {"malformed entry": ["#4"], "empty caption": [], "duplicate id": ["CXR2_IM-0002"], "unsafe image path": [],
                        "image missing": ["CXR9_IM-0009"], "image unreadable": ["CXR4_IM-0004_2"]}
     assert total == len(samples) + sum(len(ids) for ids in dropped.values())
-    with pytest.raises(DatasetError, match=r"has no split 'validate' \(splits: train, val, test\)"):
+    with pytest.raises(DatasetError, match=r"has no split 'validate' \(splits: 'train', 'val', 'test'\)"):
         read_samples("r2gen", root, None, None, "validate", verify_images=False)
 
 

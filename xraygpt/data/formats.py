@@ -202,7 +202,8 @@ def read_r2gen(root: Path, ann_file: str, image_dir: str, split: str) -> tuple[l
     path = root / ann_file
     data = read_json(path, "annotation file")
     if not isinstance(data, dict) or not isinstance(data.get(split), list):
-        known = ", ".join(k for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else "none"
+        # quoted, so a blank or whitespace-only split name shows as one
+        known = ", ".join(repr(k) for k, v in data.items() if isinstance(v, list)) if isinstance(data, dict) else "none"
         raise DatasetError(f"annotation file {path} has no split {split!r} (splits: {known or 'none'})")
     samples: list[Sample] = []
     dropped = _dropped()

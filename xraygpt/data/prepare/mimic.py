@@ -3,6 +3,7 @@
 Input:
     <reports>/files/pXX/pNNNNNNNN/sNNNNNNNN.txt              one report per study (free text)
     <images>/files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg     pXX: the subject id's first 2 digits
+                                                              (or <dicom_id>.dcm: the DICOM release)
     <images>/mimic-cxr-2.0.0-metadata.csv[.gz]                dicom_id, subject_id, study_id, ViewPosition, ...
     <images>/mimic-cxr-2.0.0-split.csv[.gz]                   dicom_id, ..., split (train / validate / test)
 
@@ -28,8 +29,8 @@ from pathlib import Path
 from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
-    ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
-    summarise, write_layout,
+    ImageRef, PrepareError, Report, check_image_files, check_output_dir, image_file, images_of_kept_reports,
+    reports_with_images, summarise, write_layout,
 )
 from xraygpt.data.prepare.sections import parse_report
 from xraygpt.data.prepare.splits import MIMIC_SPLIT_NAMES, leaked_groups
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
 FRONTAL_VIEWS = ("PA", "AP")
+IMAGE_SUFFIXES = (".jpg", ".dcm")  # MIMIC-CXR-JPG, else MIMIC-CXR's DICOM
 
 
 def find_csv(folder: Path, name: str) -> Path:
@@ -107,7 +109,7 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
         except UnsafePath as exc:
             images.append(ImageRef(f"{metadata_path.name} line {line}", None, "", f"malformed metadata row: {exc}"))
             continue
-        path = images_root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
+        path = image_file(images_root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}", dicom, IMAGE_SUFFIXES)
         images.append(ImageRef(dicom, path, f"s{study}"))
         view.setdefault(dicom, (row["ViewPosition"] or "").strip())
         subject_of.setdefault(dicom, subject)

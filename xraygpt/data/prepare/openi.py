@@ -3,7 +3,7 @@
 Input:
     <reports>/<N>.xml     <AbstractText Label="FINDINGS|IMPRESSION|COMPARISON|INDICATION">text</AbstractText>
                           ... <parentImage id="CXR<N>_IM-xxxx-yyyy"> ... (one per image, in order)
-    <images>/CXR<N>_IM-xxxx-yyyy.png
+    <images>/CXR<N>_IM-xxxx-yyyy.png   (or .dcm: the NLMCXR_dcm release)
 
 Ids are XrayGPT's: report `<N>` (the XML file's stem), image `<N>_<k>` for the k-th
 parentImage of the report (k from 1): report 1384's first image is "1384_1".  Labels are made
@@ -25,14 +25,16 @@ from pathlib import Path
 from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
-    ImageRef, PrepareError, Report, check_image_files, check_output_dir, images_of_kept_reports, reports_with_images,
-    summarise, write_layout,
+    ImageRef, PrepareError, Report, check_image_files, check_output_dir, image_file, images_of_kept_reports,
+    reports_with_images, summarise, write_layout,
 )
 from xraygpt.data.prepare.sections import add_section
 from xraygpt.data.prepare.splits import split_by_group
 from xraygpt.data.prepare.stats import PrepareStats
 
 logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".dcm")  # NLMCXR_png, else NLMCXR_dcm
 
 
 def read_openi_report(path: Path, images_dir: Path) -> Report:
@@ -53,7 +55,7 @@ def read_openi_report(path: Path, images_dir: Path) -> Report:
     for k, node in enumerate(root.iter("parentImage"), start=1):
         name = (node.get("id") or "").strip()
         try:
-            path, problem = images_dir / f"{safe_name(name)}.png", None
+            path, problem = image_file(images_dir, safe_name(name), IMAGE_SUFFIXES), None
         except UnsafePath as exc:
             path, problem = None, "parentImage without id" if not name else f"unsafe parentImage id: {exc}"
         images.append(ImageRef(f"{report_id}_{k}", path, report_id, problem))

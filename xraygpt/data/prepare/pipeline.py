@@ -8,7 +8,7 @@ dropped last.  Every step is recorded in a `PrepareStats`.
 Output, one folder per split (train, val, test) in XrayGPT's layout plus the raw sections:
 
     <out>/<split>/filter_cap.json   {"annotations": [{"image_id", "caption", "report_id"}, ...]}
-    <out>/<split>/image/<image_id>.<ext>   a symbolic link to the source image, or a copy
+    <out>/<split>/image/<image_id>.<ext>   a symbolic link to the source image, or a copy (.dcm stays DICOM)
     <out>/<split>/reports.json      {report_id: {"sections": {name: raw text}, "summary": ...,
                                                  "image_ids": [...], "summarizer": "rule" | "llm",
                                                  "edits": [...]}}
@@ -112,8 +112,18 @@ def images_of_kept_reports(images: list[ImageRef], kept: list[Report], stats: Pr
                       lambda im: im.image_id)
 
 
+def image_file(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path:
+    """`folder`/`stem` with the first of `suffixes` whose file exists (e.g. a release's .jpg, else
+    its DICOM .dcm); the first suffix when none does (then reported as missing)."""
+    for suffix in suffixes:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return folder / f"{stem}{suffixes[0]}"
+
+
 def check_image_files(images: list[ImageRef], stats: PrepareStats, verify: bool) -> list[ImageRef]:
-    """`images` whose file exists and (with `verify`) whose header PIL reads."""
+    """`images` whose file exists and (with `verify`) whose header reads (`xraygpt.data.images`: PNG,
+    JPEG, ..., DICOM)."""
     images = stats.step("image file exists", "image", images,
                         lambda im: None if im.path is not None and im.path.is_file() else "image file missing",
                         lambda im: im.image_id)
