@@ -25,6 +25,9 @@ def test_every_yaml_loads_and_validates(path):
     if job == "demo":  # demo.py's configs: model + demo (xraygpt/ui/settings.py)
         assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.demo.host == "127.0.0.1"
         return
+    if job == "serve":  # serve.py's configs: model + serve (xraygpt/serving/settings.py)
+        assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.serve.host == "127.0.0.1"
+        return
     if job == "evaluation":  # evaluate.py's configs: model + datasets + evaluation
         assert cfg.model.arch == "xraygpt" and cfg.model.ckpt and cfg.evaluation.output_dir
         assert "max_txt_len" in cfg.model.prompt and "bootstrap_resamples" in cfg.evaluation

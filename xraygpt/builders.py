@@ -33,6 +33,7 @@ from xraygpt.errors import first_line
 from xraygpt.evaluation import evaluator
 from xraygpt.models.model_folder import ModelFolderError
 from xraygpt.ui.settings import demo_settings, load_demo_config
+from xraygpt.serving.settings import load_serve_config, serve_settings
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ JOBS = {
     "training": ("run", "train.py", load_config, None),
     "evaluation": ("evaluation", "evaluate.py", load_eval_config, _check_evaluation),
     "demo": ("demo", "demo.py", load_demo_config, demo_settings),
+    "serve": ("serve", "serve.py", load_serve_config, serve_settings),
 }
 
 
