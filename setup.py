@@ -11,6 +11,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["xraygpt", "xraygpt.*"]),
+    # the entry-point scripts at the repository root (`python train.py` keeps working), importable
+    # once installed so the console scripts below can call their main()
+    py_modules=["train", "evaluate", "demo", "cache_features", "serve"],
+    entry_points={"console_scripts": [
+        "xraygpt-train=train:main",
+        "xraygpt-eval=evaluate:main",
+        "xraygpt-demo=demo:main",
+        "xraygpt-serve=serve:main",
+        "xraygpt-chat=xraygpt.chat_cli:main",
+        "xraygpt-prepare=xraygpt.data.prepare.__main__:main",
+        "xraygpt-export=xraygpt.export:main",
+        "xraygpt-cache-features=cache_features:main",
+    ]},
     package_data={"xraygpt.models": ["configs/*.json"], "xraygpt.data.prepare": ["rules/*.tsv"],
                   "xraygpt.evaluation": ["phrases/*.txt", "phrases/mention/*.txt"]},
     install_requires=[
