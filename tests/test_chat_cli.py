@@ -138,3 +138,24 @@ def test_start_up_errors_are_one_line(tmp_path, capsys):
     assert chat_cli.main(["--cfg-path", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "missing.yaml" in err[0]
+
+
+def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(chat_yaml, images):
+    """A long answer (400 new tokens; the untrained tiny model does not stop early) is stopped by
+    Ctrl-C once it has started; the unfinished answer is not kept, and the next question is answered."""
+    child = spawn("--cfg-path", str(chat_yaml), "--image", str(images[0]), "--options", "demo.max_new_tokens=400",
+                  "demo.auto_summary=false")
+    try:
+        child.expect_exact("a new conversation")
+        child.expect_exact(USER_PROMPT)
+        child.sendline(FOLLOW_UP)
+        child.expect_exact(ANSWER_PREFIX)
+        child.expect(r"\S")  # the answer has started streaming
+        child.sendintr()
+        child.expect_exact(" [stopped]\r\n" + USER_PROMPT)
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+        assert "Traceback" not in child.before
+    finally:
+        child.close()
+    assert child.exitstatus == 0
