@@ -102,8 +102,9 @@ def resolve_paths(section: dict, folder: str | os.PathLike) -> dict:
             continue
         path = Path(value) if Path(value).is_absolute() else folder / value
         if not path.exists():
-            what = "the LLM folder it references" if key == ("llm", "path") and Path(value).is_absolute() else "missing"
-            raise ModelFolderError(f"{path} is missing ({folder / MODEL_FILE}: model.{_key_name(key)}; {what})")
+            if key == ("llm", "path") and (folder / LLM_REFERENCE).is_file():
+                raise ModelFolderError(f"LLM folder {path} referenced by {folder / LLM_REFERENCE} does not exist")
+            raise ModelFolderError(f"{path} is missing ({folder / MODEL_FILE}: model.{_key_name(key)})")
         _set(out, key, str(path))
     return out
 
@@ -149,3 +150,127 @@ def verify_llm_reference(folder: str | os.PathLike, llm_path: str | os.PathLike)
         raise ModelFolderError(f"LLM folder {llm} referenced by {reference} has a file the export did not record: "
                                f"{extra[0]}; {hint}")
     logger.info("LLM folder %s matches %s (%d files)", llm, reference, len(recorded))
+
+
+# ---------------------------------------------------------------------------------------- writing
+def _refuse_unless(condition: bool, message: str) -> None:
+    if not condition:
+        raise ModelFolderError(message)
+
+
+def _vision_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The vision part of a MedCLIP checkpoint, in its own names (`vision_model.*`, or a bare vision dict)."""
+    from xraygpt.models.medclip_encoder import read_state_dict
+
+    state = read_state_dict(checkpoint)
+    if any(k.startswith("vision_model.") for k in state):
+        state = {k: v for k, v in state.items() if k.startswith("vision_model.")}
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}  # safetensors refuses shared storage
+
+
+def _out_is_free(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ModelFolderError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ModelFolderError(f"--out {out} exists and is not empty (--force replaces it)")
+
+
+def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm_reference: bool = False,
+               metrics: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Write the model folder of a training run (layout: module docstring); returns `out`.
+
+    Args:
+        run: the run's output_dir (config.yaml, checkpoints/checkpoint_last.pt, log.jsonl, ...).
+        config: the run's config.yaml, validated (a plain dict with `model`, `datasets`, `run`);
+            its relative paths are relative to the working directory, as in training.
+        out: the folder to write: new, empty, or (with `force`) replaced once the new one is complete.
+        llm_reference: record the LLM folder's path and the sha256 of its files instead of copying it.
+        metrics: a metrics.json to copy and summarise; default `run`/metrics.json when present.
+    The folder is written under a temporary name and renamed when complete (`atomic_folder`): a
+    failed or killed export leaves no folder.  Refused in one line naming the path (ModelFolderError):
+    a run without checkpoint, a model without encoder weights or LLM folder, an `out` in use.
+    """
+    from safetensors.torch import save_file
+
+    from xraygpt.models import model_card
+    from xraygpt.models.medclip_encoder import DEFAULT_SWIN_CONFIG, load_swin_config, resolve_checkpoint_file
+    from xraygpt.training.checkpoint import read_checkpoint
+
+    run, out = Path(run), Path(out)
+    _refuse_unless(run.is_dir(), f"run folder {run} does not exist")
+    checkpoint = run / "checkpoints" / "checkpoint_last.pt"
+    _refuse_unless(checkpoint.is_file(), f"{checkpoint} is missing: the run has no checkpoint to export")
+    model = json.loads(json.dumps(config["model"]))
+    source = f"{run / 'config.yaml'}: model"
+    _refuse_unless("encoder" in model and "llm" in model,
+                   f"{source}.arch {model.get('arch')} has no image encoder and LLM to export (a stage-0 run? "
+                   "its LLM is its hf_model folder, which stages 1-2 load)")
+    encoder = model["encoder"]
+    _refuse_unless(bool(encoder.get("checkpoint")), f"{source}.encoder.checkpoint is not set (random encoder "
+                                                    "weights cannot be exported)")
+    _refuse_unless(Path(encoder["checkpoint"]).exists(),
+                   f"encoder weights {encoder['checkpoint']} do not exist ({source}.encoder.checkpoint)")
+    swin_config = Path(encoder["swin_config"]) if encoder.get("swin_config") else DEFAULT_SWIN_CONFIG
+    _refuse_unless(swin_config.is_file(), f"Swin config {swin_config} does not exist ({source}.encoder.swin_config)")
+    llm = Path(model["llm"]["path"])
+    _refuse_unless(llm.is_dir(), f"LLM folder {llm} does not exist ({source}.llm.path)")
+    metrics_file = Path(metrics) if metrics is not None else run / METRICS_FILE
+    _refuse_unless(metrics is None or metrics_file.is_file(), f"metrics file {metrics_file} does not exist")
+    metrics_data = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    _out_is_free(out, force)
+
+    ckpt = read_checkpoint(checkpoint)
+    trained = ckpt["model"]
+    other = [k for k in trained if not k.startswith(TRAINED_PREFIX)]
+    _refuse_unless(not other, f"{checkpoint} holds trained weights other than the projection, first {other[:1]}: "
+                              "export writes models whose only trained part is the projection")
+    encoder_file = resolve_checkpoint_file(encoder["checkpoint"])
+    swin = load_swin_config(swin_config)
+
+    card = model_card.CardFacts(
+        name=str(out), model=config["model"], run=config.get("run") or {},
+        datasets=[model_card.dataset_facts(n, ds) for n, ds in (config.get("datasets") or {}).items()],
+        trained={k: list(v.shape) for k, v in trained.items()}, step=ckpt.get("step"),
+        log=model_card.log_facts(run), metrics=metrics_data,
+        samples=model_card.sample_facts(run),
+        llm=model_card.llm_facts(llm, copied=not llm_reference),
+        encoder={"source": str(encoder_file), "image_size": swin.image_size, "output": encoder.get("output")},
+        source_run=str(run))
+
+    model["ckpt"] = PROJECTION_FILE
+    model["encoder"].update(checkpoint=ENCODER_WEIGHTS, swin_config=ENCODER_CONFIG)
+    model["llm"]["path"] = str(llm.resolve()) if llm_reference else LLM_DIR
+    trash = out.with_name(f".{out.name}.{os.getpid()}.replaced")
+    try:
+        with atomic_folder(out) as tmp:
+            save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp / PROJECTION_FILE),
+                      metadata={"source": str(checkpoint), "step": str(ckpt.get("step"))})
+            (tmp / "encoder").mkdir()
+            save_file(_vision_weights(encoder_file), str(tmp / ENCODER_WEIGHTS), metadata={"source": str(encoder_file)})
+            shutil.copyfile(swin_config, tmp / ENCODER_CONFIG)
+            if llm_reference:
+                digests = llm_file_digests(llm)
+                (tmp / LLM_REFERENCE).write_text(json.dumps({"path": model["llm"]["path"], "sha256": digests}, indent=1))
+            else:
+                shutil.copytree(llm, tmp / LLM_DIR, ignore=shutil.ignore_patterns(".*"))
+            header = ("# The model section of the run this folder was exported from (python -m xraygpt.export).\n"
+                      "# Relative paths are relative to this folder. Load with XrayGPT.from_pretrained(folder)\n"
+                      "# or --model FOLDER (evaluate.py, demo.py, serve.py).\n")
+            (tmp / MODEL_FILE).write_text(header + yaml.safe_dump(model, sort_keys=False, allow_unicode=True))
+            (tmp / EXPORT_FILE).write_text(json.dumps({
+                "format_version": FORMAT_VERSION, "run": str(run), "checkpoint": str(checkpoint),
+                "step": ckpt.get("step"), "llm": "reference" if llm_reference else "copied"}, indent=1))
+            if metrics_data is not None:
+                shutil.copyfile(metrics_file, tmp / METRICS_FILE)
+            (tmp / CARD_FILE).write_text(model_card.render_card(card), encoding="utf-8")
+            if out.exists():  # empty, or replaced with --force: moved aside only now that the new one is whole
+                os.rename(out, trash)
+    except BaseException:
+        if trash.exists() and not out.exists():
+            os.rename(trash, out)
+        raise
+    if trash.exists():
+        shutil.rmtree(trash)
+    logger.info("exported %s (step %s) to %s (LLM %s)", run, ckpt.get("step"), out,
+                "referenced" if llm_reference else "copied")
+    return out
