@@ -1,4 +1,6 @@
-"""Chat with a trained model in the browser: `python demo.py --cfg-path eval_configs/demo_tiny.yaml`.
+"""Chat with a trained model in the browser: `python demo.py --cfg-path eval_configs/demo_tiny.yaml`,
+or an exported model folder: `python demo.py --model models/xraygpt-stage2` (its model replaces the
+config's `model` section; `--cfg-path` is then optional).
 
 Serves on http://127.0.0.1:7860 by default; settings come from the config's `demo:` section,
 overridden by the flags below.  Offline by construction: no analytics, no telemetry, no hub.
@@ -19,7 +21,7 @@ runtime.offline_environment()
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, add_config_arguments, add_model_argument, startup_error  # noqa: E402
 from xraygpt.ui.settings import demo_settings  # noqa: E402
 
 # demo.<key> set by the flag of the same name when given
@@ -29,14 +31,19 @@ FLAGS = ("host", "port", "auth_file", "concurrency_limit")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, "demo YAML (eval_configs/demo_*.yaml)",
-                         "override config keys, e.g. demo.max_new_tokens=80 model.ckpt=run/checkpoints/checkpoint_last.pt")
+                         "override config keys, e.g. demo.max_new_tokens=80 model.ckpt=run/checkpoints/checkpoint_last.pt",
+                         required=False)
+    add_model_argument(parser)
     parser.add_argument("--host", help="interface to bind (demo.host; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (demo.port; default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (demo.share)")
     parser.add_argument("--auth-file", help="file of user:password lines; asks for a login (demo.auth_file)")
     parser.add_argument("--concurrency-limit", type=int, help="answers generated at once (demo.concurrency_limit)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for start-up errors")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cfg_path is None and args.model is None:
+        parser.error("give --cfg-path, --model or both")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f"demo.{key}={getattr(args, key)}" for key in FLAGS if getattr(args, key) is not None]
     flags += ["demo.share=true"] if args.share else []
     try:
-        _, cfg = builders.load_job_config(args.cfg_path, [*args.options, *flags], job="demo")
+        _, cfg = builders.load_job_config(args.cfg_path, [*args.options, *flags], job="demo", model_folder=args.model)
         if args.print_config:
             sys.stdout.write(OmegaConf.to_yaml(cfg))
             return 0

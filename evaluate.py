@@ -1,5 +1,8 @@
 """Generate summaries for a split and score them: `python evaluate.py --cfg-path eval_configs/tiny_eval.yaml`.
 
+`--model FOLDER` evaluates an exported model folder (`python -m xraygpt.export`): its model
+replaces the config's `model` section, which the config may then leave out.
+
 Also under torchrun (`torchrun --nproc-per-node N evaluate.py --cfg-path ...`: data-parallel
 generation, merged and scored on rank 0), and
 `python evaluate.py compare A/predictions.jsonl B/predictions.jsonl [--names A B]`.
@@ -19,7 +22,7 @@ runtime.offline_environment()
 from omegaconf import OmegaConf  # noqa: E402
 
 from xraygpt import builders  # noqa: E402
-from xraygpt.cli import ERRORS, add_config_arguments, startup_error  # noqa: E402
+from xraygpt.cli import ERRORS, add_config_arguments, add_model_argument, startup_error  # noqa: E402
 from xraygpt.builders import evaluated_splits, load_eval_config  # noqa: E402,F401  (also for benchmarks/generate.py)
 from xraygpt.config import settings_arguments  # noqa: E402
 from xraygpt.evaluation.compare import compare_predictions  # noqa: E402
@@ -35,6 +38,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--phrases-dir", default=None, help="phrase lists replacing the labeler's own")
     else:
         add_config_arguments(parser, "evaluation YAML (eval_configs/*.yaml)", "override config keys")
+        add_model_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     return parser.parse_args(argv)
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) == "compare":
             table = compare_predictions(args.predictions, args.names, args.phrases_dir)[0]
         else:
-            _, cfg = builders.load_job_config(args.cfg_path, args.options, job="evaluation")
+            _, cfg = builders.load_job_config(args.cfg_path, args.options, job="evaluation", model_folder=args.model)
             table = OmegaConf.to_yaml(cfg) if args.print_config else evaluate(cfg)
     except ERRORS as exc:
         return startup_error(exc, args.debug)
