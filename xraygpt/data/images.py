@@ -131,7 +131,8 @@ def _open_raster(fp: BinaryIO, filename: str, name: str) -> ImageFile.ImageFile:
     prefix = fp.read(16)
     for fmt in RASTER_FORMATS:
         factory, accept = Image.OPEN[fmt]
-        if accept is not None and accept(prefix) is not True:
+        accepted = True if accept is None else accept(prefix)
+        if not accepted or isinstance(accepted, str):  # a str: PIL's "support not installed" warning
             continue
         fp.seek(0)
         try:
