@@ -31,7 +31,7 @@ from xraygpt.data.shards import ShardDataset
 from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.errors import first_line
 from xraygpt.evaluation import evaluator
-from xraygpt.models.model_folder import ModelFolderError
+from xraygpt.models.model_folder import read_model_section, read_projection
 from xraygpt.ui.settings import demo_settings, load_demo_config
 from xraygpt.serving.settings import load_serve_config, serve_settings
 
@@ -90,15 +90,7 @@ def read_trainable_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The trained weights `model.ckpt` names: a training checkpoint's `model` entry (`.pt`), or an
     exported model folder's `projection.safetensors`."""
     if str(path).endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        if not Path(path).is_file():
-            raise ModelFolderError(f"trained weights {path} do not exist")
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise ModelFolderError(f"cannot read trained weights {path}: {first_line(exc)}") from None
+        return read_projection(path)
     from xraygpt.training.checkpoint import read_checkpoint
 
     return read_checkpoint(path)["model"]
@@ -116,19 +108,10 @@ def model_section_from_folder(folder: str | Path) -> dict:
     Returns a plain dict for `build_model` (or to put in a config's `model` section: see
     `load_job_config(model_folder=...)`, which the entry points' `--model FOLDER` uses).
     Raises `ModelFolderError` (a ValueError) in one line naming the missing or changed file.
+    (`xraygpt.models.model_folder.read_model_section`, below the model classes, so that
+    `XrayGPT.from_pretrained` reads the same section.)
     """
-    from xraygpt.config import validate
-    from xraygpt.models import model_folder
-
-    path = model_folder.check_model_folder(folder)
-    raw = read_yaml(path / model_folder.MODEL_FILE)
-    try:
-        section = validate(OmegaConf.create({"model": raw}), required=("model",)).model
-    except ValueError as exc:
-        raise ModelFolderError(f"{path / model_folder.MODEL_FILE}: {first_line(exc)}") from None
-    resolved = model_folder.resolve_paths(_kwargs(section), path)
-    model_folder.verify_llm_reference(path, resolved["llm"]["path"])
-    return resolved
+    return read_model_section(folder)
 
 
 def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_tokenizer=None,

@@ -43,6 +43,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def last_checkpoint(run: Path, cfg) -> tuple[Path, dict]:
+    """(the run's last checkpoint, its trained weights): checkpoints/checkpoint_last.pt, or a sharded
+    (FSDP) checkpoints/checkpoint_last folder, read through the model it was trained on."""
+    single, sharded = run / "checkpoints" / "checkpoint_last.pt", run / "checkpoints" / "checkpoint_last"
+    if single.is_file():
+        return single, builders.read_trainable_weights(single)
+    if sharded.is_dir():  # its weights are read into the model's shapes: the model is built to read them
+        model = builders.build_model(OmegaConf.merge(cfg.model, {"ckpt": str(sharded)}), cfg.run.seed)
+        return sharded, model.trainable_state_dict()
+    raise ModelFolderError(f"{single} is missing: the run has no checkpoint to export")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runtime.setup_logging(0)
@@ -54,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if not config_file.is_file():
             raise ModelFolderError(f"{config_file} is missing: {run} is not a training run's output_dir")
         _, cfg = builders.load_job_config(config_file, job="training")
-        out = export_run(run, OmegaConf.to_container(cfg, resolve=True), args.out, args.llm_reference,
-                         args.metrics, args.force)
+        checkpoint, trained = last_checkpoint(run, cfg)
+        out = export_run(run, OmegaConf.to_container(cfg, resolve=True), checkpoint, trained, args.out,
+                         args.llm_reference, args.metrics, args.force)
     except ERRORS as exc:
         return startup_error(exc, args.debug)
     sys.stdout.write(f"{out}\n")

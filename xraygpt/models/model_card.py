@@ -46,7 +46,6 @@ class CardFacts:
     run: dict                        # the run's resolved run section
     datasets: list[dict]             # [{name, format, root, eval_root, samples, images, prepare}]
     trained: dict                    # {weight name: shape} of projection.safetensors
-    step: int | None                 # the checkpoint's step
     log: dict                        # {steps, first_loss, last_loss} from log.jsonl ({} when absent)
     metrics: dict | None             # metrics.json's content, or None
     samples: list[dict]              # a few of samples.jsonl's rows
@@ -162,7 +161,7 @@ def render_card(facts: CardFacts) -> str:
     lines += _table([
         ("image encoder", f"MedCLIP vision tower (Swin), frozen; {enc.get('image_size')} px images, "
                           f"`{enc.get('output')}` output tokens"),
-        ("projection", f"one linear layer {tuple(reversed(proj)) if proj else '?'} (in -> out), bias "
+        ("projection", f"one linear layer, {' -> '.join(map(str, reversed(proj))) if proj else '?'} features, bias "
                        f"{m.get('projector_bias')}, input normalisation {m.get('projector_norm')}: the only trained part"),
         ("LLM", f"{llm.get('model_type')} ({llm.get('num_hidden_layers')} layers, hidden size {llm.get('hidden_size')}, "
                 f"vocabulary {llm.get('vocab_size')}, context {llm.get('max_position_embeddings')}), frozen, "
@@ -197,9 +196,8 @@ def render_card(facts: CardFacts) -> str:
     lines += ["", "## Training", ""]
     settings = [(k, v) for k, v in run.items() if k not in ("output_dir", "resume_ckpt_path") and not isinstance(v, dict)]
     settings.append(("lr_sched", run.get("lr_sched")))
-    trained_text = (f"Trained for {facts.log['steps']} steps (checkpoint step {facts.step}); loss "
-                    f"{facts.log['first_loss']:.4g} at the first logged step, {facts.log['last_loss']:.4g} at the last."
-                    if facts.log else f"Checkpoint step {facts.step}; the run has no log.jsonl.")
+    trained_text = (f"Trained for {facts.log['steps']} steps; loss {facts.log['first_loss']:.4g} at the first "
+                    f"logged step, {facts.log['last_loss']:.4g} at the last." if facts.log else "The run has no log.jsonl.")
     lines += [f"Exported from the run `{facts.source_run}`. {trained_text}", ""]
     lines += _table(settings, ("setting", "value"))
     lines += ["", "## Evaluation", ""]

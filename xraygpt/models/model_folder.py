@@ -16,13 +16,15 @@ the folder can be copied or moved as a whole):
     llm/                       the LLM folder (config, weights, tokenizer), copied; or instead
     llm_reference.json         {"sha256": {file name: hex digest}} of the config, weight and
                                tokenizer files of the folder `llm.path` names, checked at each load
-    export.json                format version, source run and checkpoint step
+    export.json                format version, the source run and its checkpoint
     metrics.json               the run's evaluation metrics (when there were any)
     README.md                  the model card (`xraygpt.models.model_card`)
 
-Reading a folder (`check_model_folder`, `resolve_paths`, `verify_llm_reference`) refuses in one
-line naming the missing or changed file; parsing `model.yaml` as config is the builders' job
-(`builders.model_section_from_folder`).
+Reading a folder (`read_model_section`: `model.yaml` validated as a model config section, its
+paths resolved and checked, an LLM reference verified; `build_from_folder`: the model) refuses in
+one line naming the missing or changed file.  This module sits below the builders (which
+`XrayGPT.from_pretrained` cannot import without an import circle): `builders.model_section_from_folder`
+is `read_model_section`.
 """
 
 from __future__ import annotations
@@ -152,6 +154,64 @@ def verify_llm_reference(folder: str | os.PathLike, llm_path: str | os.PathLike)
     logger.info("LLM folder %s matches %s (%d files)", llm, reference, len(recorded))
 
 
+def read_model_section(folder: str | os.PathLike) -> dict:
+    """The `model` config section of an exported folder: `model.yaml` validated like a config file's
+    `model` (every default filled in), its paths absolute (relative ones are relative to the
+    folder) and checked to exist, the referenced LLM (if any) checked against its recorded sha256.
+    Opens no weights.  ModelFolderError in one line naming the folder's file."""
+    from omegaconf import OmegaConf
+
+    from xraygpt.config import read_yaml, validate
+    from xraygpt.errors import first_line
+
+    path = check_model_folder(folder)
+    raw = read_yaml(path / MODEL_FILE)
+    try:
+        section = validate(OmegaConf.create({"model": raw}), required=("model",)).model
+    except ValueError as exc:
+        raise ModelFolderError(f"{path / MODEL_FILE}: {first_line(exc)}") from None
+    resolved = resolve_paths(OmegaConf.to_container(section, resolve=True), path)
+    verify_llm_reference(path, resolved["llm"]["path"])
+    return resolved
+
+
+def read_projection(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The trained weights of a folder's projection.safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from xraygpt.errors import first_line
+
+    if not Path(path).is_file():
+        raise ModelFolderError(f"trained weights {path} do not exist")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelFolderError(f"cannot read trained weights {path}: {first_line(exc)}") from None
+
+
+def build_from_folder(cls, folder: str | os.PathLike):
+    """`cls` (a model class with CONFIG_SECTIONS, e.g. XrayGPT) built from an exported folder, with its
+    trained weights loaded: what `builders.build_model` does with the folder's section (the builders
+    sit above the model classes, so `from_pretrained` comes here)."""
+    from xraygpt import registry
+
+    section = read_model_section(folder)
+    if registry.get("model", section["arch"]) is not cls:
+        raise ModelFolderError(f"{Path(folder) / MODEL_FILE}: model.arch {section['arch']} is not {cls.__name__}")
+    kwargs = {k: v for k, v in section.items() if k not in ("arch", "ckpt")}
+    for name, builder in cls.CONFIG_SECTIONS.items():
+        built = builder(**kwargs.pop(name))
+        if name == "llm":
+            kwargs["llm"], kwargs["tokenizer"] = built
+        else:
+            kwargs["prompt_format" if name == "prompt" else name] = built
+    model = cls(**kwargs)
+    model.load_trainable_state_dict(read_projection(section["ckpt"]), section["ckpt"])
+    logger.info("loaded %s from %s", cls.__name__, folder)
+    return model
+
+
 # ---------------------------------------------------------------------------------------- writing
 def _refuse_unless(condition: bool, message: str) -> None:
     if not condition:
@@ -175,14 +235,17 @@ def _out_is_free(out: Path, force: bool) -> None:
         raise ModelFolderError(f"--out {out} exists and is not empty (--force replaces it)")
 
 
-def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm_reference: bool = False,
-               metrics: str | os.PathLike | None = None, force: bool = False) -> Path:
+def export_run(run: str | os.PathLike, config: dict, checkpoint: str | os.PathLike, trained: dict[str, torch.Tensor],
+               out: str | os.PathLike, llm_reference: bool = False, metrics: str | os.PathLike | None = None,
+               force: bool = False) -> Path:
     """Write the model folder of a training run (layout: module docstring); returns `out`.
 
     Args:
-        run: the run's output_dir (config.yaml, checkpoints/checkpoint_last.pt, log.jsonl, ...).
+        run: the run's output_dir (config.yaml, log.jsonl, samples.jsonl, metrics.json).
         config: the run's config.yaml, validated (a plain dict with `model`, `datasets`, `run`);
             its relative paths are relative to the working directory, as in training.
+        checkpoint: the run's last checkpoint (recorded as the source) and `trained`, its trained
+            weights (`builders.read_trainable_weights`: the builders read training checkpoints).
         out: the folder to write: new, empty, or (with `force`) replaced once the new one is complete.
         llm_reference: record the LLM folder's path and the sha256 of its files instead of copying it.
         metrics: a metrics.json to copy and summarise; default `run`/metrics.json when present.
@@ -194,12 +257,8 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
 
     from xraygpt.models import model_card
     from xraygpt.models.medclip_encoder import DEFAULT_SWIN_CONFIG, load_swin_config, resolve_checkpoint_file
-    from xraygpt.training.checkpoint import read_checkpoint
 
     run, out = Path(run), Path(out)
-    _refuse_unless(run.is_dir(), f"run folder {run} does not exist")
-    checkpoint = run / "checkpoints" / "checkpoint_last.pt"
-    _refuse_unless(checkpoint.is_file(), f"{checkpoint} is missing: the run has no checkpoint to export")
     model = json.loads(json.dumps(config["model"]))
     source = f"{run / 'config.yaml'}: model"
     _refuse_unless("encoder" in model and "llm" in model,
@@ -219,8 +278,6 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
     metrics_data = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
     _out_is_free(out, force)
 
-    ckpt = read_checkpoint(checkpoint)
-    trained = ckpt["model"]
     other = [k for k in trained if not k.startswith(TRAINED_PREFIX)]
     _refuse_unless(not other, f"{checkpoint} holds trained weights other than the projection, first {other[:1]}: "
                               "export writes models whose only trained part is the projection")
@@ -230,7 +287,7 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
     card = model_card.CardFacts(
         name=str(out), model=config["model"], run=config.get("run") or {},
         datasets=[model_card.dataset_facts(n, ds) for n, ds in (config.get("datasets") or {}).items()],
-        trained={k: list(v.shape) for k, v in trained.items()}, step=ckpt.get("step"),
+        trained={k: list(v.shape) for k, v in trained.items()},
         log=model_card.log_facts(run), metrics=metrics_data,
         samples=model_card.sample_facts(run),
         llm=model_card.llm_facts(llm, copied=not llm_reference),
@@ -244,7 +301,7 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
     try:
         with atomic_folder(out) as tmp:
             save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp / PROJECTION_FILE),
-                      metadata={"source": str(checkpoint), "step": str(ckpt.get("step"))})
+                      metadata={"source": str(checkpoint)})
             (tmp / "encoder").mkdir()
             save_file(_vision_weights(encoder_file), str(tmp / ENCODER_WEIGHTS), metadata={"source": str(encoder_file)})
             shutil.copyfile(swin_config, tmp / ENCODER_CONFIG)
@@ -259,7 +316,7 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
             (tmp / MODEL_FILE).write_text(header + yaml.safe_dump(model, sort_keys=False, allow_unicode=True))
             (tmp / EXPORT_FILE).write_text(json.dumps({
                 "format_version": FORMAT_VERSION, "run": str(run), "checkpoint": str(checkpoint),
-                "step": ckpt.get("step"), "llm": "reference" if llm_reference else "copied"}, indent=1))
+                "llm": "reference" if llm_reference else "copied"}, indent=1))
             if metrics_data is not None:
                 shutil.copyfile(metrics_file, tmp / METRICS_FILE)
             (tmp / CARD_FILE).write_text(model_card.render_card(card), encoding="utf-8")
@@ -271,6 +328,6 @@ def export_run(run: str | os.PathLike, config: dict, out: str | os.PathLike, llm
         raise
     if trash.exists():
         shutil.rmtree(trash)
-    logger.info("exported %s (step %s) to %s (LLM %s)", run, ckpt.get("step"), out,
+    logger.info("exported %s (%s) to %s (LLM %s)", run, checkpoint, out,
                 "referenced" if llm_reference else "copied")
     return out

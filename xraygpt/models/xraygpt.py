@@ -27,7 +27,7 @@ from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import load_llm
 from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_medclip_vision_encoder
-from xraygpt.models.model_folder import ModelFolderError
+from xraygpt.models.model_folder import build_from_folder
 from xraygpt.models.loss import target_token_loss
 from xraygpt.models.multimodal import embed_with_images
 from xraygpt.models.projector import NORM_MODES, LinearProjector
@@ -104,12 +104,7 @@ class XrayGPT(nn.Module):
         `xraygpt.models.model_folder`), in eval mode.  Local files only: nothing is downloaded.
         A folder that is not a complete export, or whose referenced LLM has changed, is refused in
         one line naming the file (`ModelFolderError`)."""
-        from xraygpt import builders  # the builders read config; the model takes objects
-
-        model = builders.build_model(builders.model_section_from_folder(folder))
-        if not isinstance(model, cls):
-            raise ModelFolderError(f"{folder} holds a {type(model).__name__} model, not an {cls.__name__}")
-        return model.eval()
+        return build_from_folder(cls, folder).eval()
 
     # ------------------------------------------------------------------ modes and state
     def train(self, mode: bool = True) -> "XrayGPT":
