@@ -93,6 +93,13 @@ def _head(source: str | Path | bytes, name: str) -> bytes:
         raise ImageReadError(f"cannot read {name} ({exc.strerror or exc}).") from None
 
 
+def _starts_dicom(fp: BinaryIO) -> bool:
+    """Whether the open file starts with the DICOM preamble and marker (read from, then rewound to, 0)."""
+    head = fp.read(DICOM_PREAMBLE + 4)
+    fp.seek(0)
+    return is_dicom_head(head)
+
+
 def is_dicom_head(head: bytes) -> bool:
     """Whether the first 132 bytes of a file hold the DICOM preamble and the `DICM` marker."""
     return head[DICOM_PREAMBLE:DICOM_PREAMBLE + 4] == b"DICM"
@@ -247,9 +254,9 @@ def read_header(source: str | Path | bytes, name: Optional[str] = None) -> Image
     A DICOM file passes only when its pixel data can be decoded here (see `_check_decoder`).
     """
     name = _name_of(source, name)
-    preamble = is_dicom_head(_head(source, name))
     fp, filename = _opened(source, name)
     with fp:
+        preamble = _starts_dicom(fp)
         if preamble or _dicom_suffix(source):
             return _dicom_dataset(fp, name, pixels=False, preamble=preamble)[1]
         img = _open_raster(fp, filename, name)
@@ -264,9 +271,9 @@ def load_xray(source: str | Path | bytes, max_pixels: int, min_side: int = 1, na
     Raises ImageReadError with one line naming the file.
     """
     name = _name_of(source, name)
-    preamble = is_dicom_head(_head(source, name))
     fp, filename = _opened(source, name)
     with fp:
+        preamble = _starts_dicom(fp)
         if preamble or _dicom_suffix(source):
             return _read_dicom(fp, max_pixels, min_side, name, preamble)
         return _read_raster(fp, filename, max_pixels, min_side, name)
