@@ -204,6 +204,10 @@ def test_out_in_use_is_refused_unless_forced(run, tmp_path, capsys):
     assert export_main(["--run", str(run), "--out", str(out), "--force", "--llm-reference"]) == 0
     assert not (out / "mine.txt").exists() and (out / "model.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+    for what, inside in (("run", run), ("run", run.parent), ("checkpoint", run / "checkpoints")):
+        line = refused(capsys, ["--run", str(run), "--out", str(inside), "--force"])  # never deletes what it reads
+        assert f"--out {inside} holds the {what} it exports" in line
+    assert (run / "checkpoints" / "checkpoint_last.pt").is_file()
 
 
 def test_a_failed_export_leaves_nothing_and_keeps_the_old_folder(run, tmp_path, capsys, monkeypatch):

@@ -228,7 +228,12 @@ def _vision_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in state.items()}  # safetensors refuses shared storage
 
 
-def _out_is_free(out: Path, force: bool) -> None:
+def _out_is_free(out: Path, force: bool, sources: dict[str, Path]) -> None:
+    target = out.resolve()
+    for what, source in sources.items():
+        where = source.resolve()
+        if target == where or target in where.parents:
+            raise ModelFolderError(f"--out {out} holds the {what} it exports ({source}); write the folder elsewhere")
     if out.exists() and not out.is_dir():
         raise ModelFolderError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -276,7 +281,8 @@ def export_run(run: str | os.PathLike, config: dict, checkpoint: str | os.PathLi
     metrics_file = Path(metrics) if metrics is not None else run / METRICS_FILE
     _refuse_unless(metrics is None or metrics_file.is_file(), f"metrics file {metrics_file} does not exist")
     metrics_data = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
-    _out_is_free(out, force)
+    _out_is_free(out, force, {"run": run, "checkpoint": Path(checkpoint), "LLM folder": llm, "Swin config": swin_config,
+                              "encoder weights": Path(encoder["checkpoint"]), "metrics file": metrics_file})
 
     other = [k for k in trained if not k.startswith(TRAINED_PREFIX)]
     _refuse_unless(not other, f"{checkpoint} holds trained weights other than the projection, first {other[:1]}: "
