@@ -81,14 +81,21 @@ def build_model(model_cfg: Any, seed: int = 0):
             kwargs[name] = built
     model = cls(**kwargs)
     if ckpt:
-        model.load_trainable_state_dict(read_trainable_weights(ckpt), ckpt)
+        model.load_trainable_state_dict(read_trainable_weights(ckpt, model.trainable_state_dict()), ckpt)
         logger.info("initialised trainable weights from %s", ckpt)
     return model
 
 
-def read_trainable_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The trained weights `model.ckpt` names: a training checkpoint's `model` entry (`.pt`), or an
-    exported model folder's `projection.safetensors`."""
+def read_trainable_weights(path: str | Path, template: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The trained weights `model.ckpt` names: a training checkpoint's `model` entry (`.pt`), a
+    sharded (FSDP) checkpoint folder (its weights for the keys and shapes of `template`, the
+    model's `trainable_state_dict()`), or an exported model folder's `projection.safetensors`."""
+    from xraygpt.training.sharded_checkpoint import is_sharded_checkpoint, read_sharded_weights
+
+    if is_sharded_checkpoint(path):
+        if template is None:
+            raise ConfigError(f"{path} is a sharded checkpoint: reading it needs the model's trainable weights as a template")
+        return read_sharded_weights(path, template)
     if str(path).endswith(".safetensors"):
         return read_projection(path)
     from xraygpt.training.checkpoint import read_checkpoint
@@ -222,7 +229,7 @@ def build_runner(cfg: DictConfig, model, train_set, eval_set, dist):
     schedule = build_lr_schedule(run.pop("lr_sched"))
     return cls(
         model=model, datasets=(train_set, eval_set), task=task, lr_schedule=schedule,
-        config=OmegaConf.to_yaml(cfg), dist=dist, **run,
+        config=OmegaConf.to_yaml(cfg), dist=dist, model_factory=lambda: build_model(cfg.model, cfg.run.seed), **run,
     )
 
 

@@ -42,6 +42,7 @@ from xraygpt.errors import first_line
 INJECTED = {
     "encoder", "llm", "tokenizer", "prompt_format", "vis_processor", "text_processor",
     "model", "datasets", "task", "lr_schedule", "config", "prompt_tokenizer", "self", "dist", "preprocessing",
+    "model_factory",
 }
 
 

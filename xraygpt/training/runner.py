@@ -17,8 +17,15 @@ layers (`xraygpt.models.llm`); on GPU, `amp` autocasts to the LLM's half dtype a
 copied from pinned memory without blocking.  Only trainable parameters get gradients and
 optimizer state.
 
+`strategy: fsdp` shards the model, its gradients and its AdamW state over the ranks with FSDP2
+instead of replicating them (DDP): see `xraygpt.training.sharding`; its checkpoints are folders
+(`xraygpt.training.sharded_checkpoint`) that any number of ranks can resume, and what runs after
+training (samples, stage 0's export) runs on rank 0 on an unsharded replica built by
+`model_factory` that holds the gathered trained weights.
+
 Outputs under `output_dir`:
-    checkpoints/checkpoint_<step>.pt, checkpoints/checkpoint_last.pt   (trainable weights only)
+    checkpoints/checkpoint_<step>.pt, checkpoints/checkpoint_last.pt   (trainable weights only; DDP)
+    checkpoints/checkpoint_<step>/, checkpoints/checkpoint_last -> ...  (the same, sharded; FSDP)
     log.jsonl         one JSON object per logged step
     loss.png          the loss curve
     config.yaml       the fully resolved config
@@ -33,7 +40,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import yaml
@@ -48,7 +55,9 @@ from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import checkpoint_decoder_layers, compile_decoder_layers
 from xraygpt.registry import register
 from xraygpt import runtime
+from xraygpt.training import sharding
 from xraygpt.training.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
+from xraygpt.training.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
 from xraygpt.training.metrics_log import JsonlLog, plot_loss
 
 logger = logging.getLogger(__name__)
@@ -101,6 +110,11 @@ class IterRunner:
         group_by_length: micro-batches of draws of similar token length (map-style training sets).
         gradient_checkpointing: recompute the LLM's layers in the backward pass (less memory, more time).
         compile: torch.compile backend for the LLM's decoder layers (`inductor`); None = not compiled.
+        strategy: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: parameters, gradients
+            and optimizer state sharded over the ranks; one process = not sharded).
+        fsdp_cpu_offload: with `fsdp`, keep the shards and the optimizer state in host memory.
+        model_factory: builds a fresh, unsharded copy of the model (given by the builders); with
+            `fsdp` under torchrun, samples and exports after training run on it.
     """
 
     def __init__(
@@ -131,12 +145,24 @@ class IterRunner:
         group_by_length: bool = False,
         gradient_checkpointing: bool = False,
         compile: Optional[str] = None,
+        strategy: str = "ddp",
+        fsdp_cpu_offload: bool = False,
+        model_factory: Optional[Callable[[], torch.nn.Module]] = None,
     ):
         for name, value in (("max_epoch", max_epoch), ("iters_per_epoch", iters_per_epoch),
                             ("batch_size_train", batch_size_train), ("accum_grad_iters", accum_grad_iters),
                             ("log_freq", log_freq)):
             if value < 1:
                 raise RunError(f"run.{name} must be >= 1, got {value}")
+        if strategy not in sharding.STRATEGIES:
+            raise RunError(f"run.strategy must be one of {sharding.STRATEGIES}, got {strategy!r}")
+        if fsdp_cpu_offload and strategy != "fsdp":
+            raise RunError("run.fsdp_cpu_offload needs run.strategy: fsdp")
+        self.strategy = strategy
+        self.sharded = strategy == "fsdp" and dist.distributed
+        if self.sharded and model_factory is None:
+            raise RunError("run.strategy fsdp under torchrun needs a model_factory (train.py's builders give one)")
+        self.model_factory = model_factory
         self.model = model
         self.train_set, self.eval_set = datasets
         self.task = task
@@ -163,13 +189,14 @@ class IterRunner:
         self.amp_dtype = model.llm_dtype if (amp and self.device.type == "cuda" and model.llm_dtype != torch.float32) else None
         self.ckpt_dir = self.output_dir / "checkpoints"
         self.identity = run_identity(config, model)
-        self.resume_state = read_checkpoint(resume_ckpt_path) if resume_ckpt_path else None
+        self.resume_state = self._read_resume(resume_ckpt_path) if resume_ckpt_path else None
         if self.resume_state is not None:
             self._check_resumable(self.resume_state)
-        if self.resume_state is None and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt")):
+        if self.resume_state is None and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("checkpoint_*")):
+            last = "checkpoint_last" if strategy == "fsdp" else "checkpoint_last.pt"
             raise RunError(
                 f"output_dir {self.output_dir} already holds checkpoints; set run.resume_ckpt_path="
-                f"{self.ckpt_dir / 'checkpoint_last.pt'} to continue it, or choose another run.output_dir"
+                f"{self.ckpt_dir / last} to continue it, or choose another run.output_dir"
             )
         train_caps = capabilities_of(self.train_set)
         if group_by_length and not train_caps.group_by_length:
@@ -183,6 +210,9 @@ class IterRunner:
                         checkpoint_decoder_layers(model.llm))
         if compile:
             logger.info("torch.compile (%s): %d LLM layers", compile, compile_decoder_layers(model.llm, compile))
+        if self.sharded:
+            model.to(self.device)
+            sharding.shard_model(model, self.device, self.amp_dtype, fsdp_cpu_offload)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise RunError("the model has no trainable parameter")
@@ -197,8 +227,16 @@ class IterRunner:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, step: int) -> Path | None:
-        """Called on every rank (each rank's RNG state is gathered); rank 0 writes the checkpoint."""
+        """Called on every rank (each rank's RNG state is gathered); rank 0 writes the checkpoint
+        (with `fsdp`, every rank writes its shards)."""
         rng = runtime.all_gather_object(rng_state())
+        if self.strategy == "fsdp":
+            meta = {"step": step, "total_steps": self.total_steps, "rng": rng, "config": self.config_yaml,
+                    "identity": self.identity, "world_size": self.dist.world_size}
+            folder = save_sharded(self.ckpt_dir / f"checkpoint_{step:07d}", self.model, self.optimizer, meta,
+                                  self.dist.is_main)
+            logger.info("sharded checkpoint written: %s", folder)
+            return folder if self.dist.is_main else None
         if not self.dist.is_main:
             return None
         state = {
@@ -215,6 +253,18 @@ class IterRunner:
         atomic_save(state, self.ckpt_dir / "checkpoint_last.pt")
         logger.info("checkpoint written: %s", path)
         return path
+
+    def _read_resume(self, path: str) -> dict:
+        """What resuming `path` needs before the model is built into the loop (for `fsdp`, the
+        checkpoint's meta; its weights are loaded into the sharded model in `_restore`)."""
+        sharded = is_sharded_checkpoint(path)
+        if self.strategy == "fsdp" and not sharded and Path(path).is_file():
+            raise RunError(f"checkpoint {path} was written with run.strategy ddp (one .pt file) and this run uses fsdp: "
+                           f"resume it with run.strategy=ddp, or start from its weights with model.ckpt={path}")
+        if self.strategy == "ddp" and sharded:
+            raise RunError(f"checkpoint {path} is a sharded checkpoint (run.strategy fsdp): resume it with "
+                           f"run.strategy=fsdp (on any number of ranks), or start from its weights with model.ckpt={path}")
+        return read_meta(path) if self.strategy == "fsdp" else read_checkpoint(path)
 
     def _check_resumable(self, state: dict) -> None:
         """Refuse a checkpoint of another run (task, model, data) or one with nothing left to train."""
@@ -235,8 +285,11 @@ class IterRunner:
 
     def _restore(self) -> int:
         state = self.resume_state
-        self.model.load_trainable_state_dict(state["model"], str(self.resume_ckpt_path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.strategy == "fsdp":
+            load_sharded(self.resume_ckpt_path, self.model, self.optimizer)
+        else:
+            self.model.load_trainable_state_dict(state["model"], str(self.resume_ckpt_path))
+            self.optimizer.load_state_dict(state["optimizer"])
         if state.get("total_steps", self.total_steps) != self.total_steps:
             logger.warning("resuming a run planned for %s steps with %s steps", state.get("total_steps"), self.total_steps)
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: rank 0's only
@@ -280,7 +333,7 @@ class IterRunner:
         )
 
     def _wrapped_model(self):
-        if not self.dist.distributed:
+        if not self.dist.distributed or self.sharded:
             return self.model
         frozen = [n for n, p in self.model.named_parameters() if not p.requires_grad]
         frozen += [n for n, _ in self.model.named_buffers()]
@@ -291,6 +344,23 @@ class IterRunner:
             broadcast_buffers=False,
         )
 
+    def _unsharded_model(self):
+        """The trained model as one module on rank 0 (None elsewhere): the model itself, or with
+        `fsdp` under torchrun a replica from `model_factory` holding the gathered trained weights
+        (a collective: every rank calls it)."""
+        if not self.sharded:
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                         ignore_frozen_params=True))
+        if not self.dist.is_main:
+            return None
+        replica = self.model_factory()
+        wanted = replica.trainable_state_dict()
+        replica.load_trainable_state_dict({k: full[k] for k in wanted if k in full}, "the gathered FSDP shards")
+        return replica.to(self.device)
+
     def train(self) -> dict:
         """Run to `total_steps`; returns {"final_loss", "steps", "checkpoint"}."""
         torch.manual_seed(self.seed + self.dist.rank)  # ranks draw different noise (dropout, NEFTune)
@@ -298,7 +368,8 @@ class IterRunner:
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / "config.yaml", self.config_yaml)
-        self.model.to(self.device)
+        if not self.sharded:
+            self.model.to(self.device)  # a sharded model is already placed (and may be offloaded to the CPU)
         self.model.train()
         wrapped = self._wrapped_model()
         batches = iter(self._loader(start_step))
@@ -319,16 +390,15 @@ class IterRunner:
                 tokens += int((host["labels"][:, 1:] != IGNORE_INDEX).sum())
                 batch = _to_device(host, self.device)
                 sync = micro == self.accum - 1 or not self.dist.distributed
-                with (contextlib.nullcontext() if sync else wrapped.no_sync()):
+                sharding.set_gradient_sync(wrapped, sync)
+                with (contextlib.nullcontext() if sync or self.sharded else wrapped.no_sync()):
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         out = self.task.train_step(wrapped, batch)
                     (out["loss"] / self.accum).backward()
                 step_loss += out["loss"].detach() / self.accum
                 window_samples += len(batch["image_ids"]) * self.dist.world_size
-            if self.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-            else:
-                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+            # max_norm inf measures the norm and leaves the gradients as they are (a factor of 1)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else math.inf)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -340,7 +410,7 @@ class IterRunner:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "step": done, "epoch": step // self.iters_per_epoch, "loss": loss_value, "lr": lr,
-                    "grad_norm": float(grad_norm), "target_tokens": tokens, "real_token_fraction": real / slots,
+                    "grad_norm": float(sharding.full_value(grad_norm)), "target_tokens": tokens, "real_token_fraction": real / slots,
                     "samples_per_s": window_samples / elapsed if elapsed > 0 else None,
                 }
                 window_start, window_samples = time.perf_counter(), 0
@@ -351,10 +421,12 @@ class IterRunner:
                 last_ckpt = self._save(done) or last_ckpt
                 runtime.barrier()
         bar.close()
+        trained = self._unsharded_model()
         if self.dist.is_main:
             plot = plot_loss(self.log.read(), self.output_dir / "loss.png", title=str(self.output_dir))
             logger.info("log: %s, loss plot: %s", self.log.path, plot)
             held_out = self.eval_set if self.eval_set is not None else self.train_set
-            self.task.after_training(self.model, held_out, self.output_dir, self.sample_generations, self.generation, self.amp_dtype)
+            self.task.after_training(trained, held_out, self.output_dir, self.sample_generations, self.generation, self.amp_dtype)
         runtime.barrier()
-        return {"final_loss": loss_value, "steps": self.total_steps, "checkpoint": str(self.ckpt_dir / "checkpoint_last.pt")}
+        last = "checkpoint_last" if self.strategy == "fsdp" else "checkpoint_last.pt"
+        return {"final_loss": loss_value, "steps": self.total_steps, "checkpoint": str(self.ckpt_dir / last)}
