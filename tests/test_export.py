@@ -137,6 +137,10 @@ def test_metrics_flag_and_a_run_without_metrics(run, tmp_path, capsys):
     assert "| cider_d | 1.5 |" in (tmp_path / "b" / "README.md").read_text()
     assert str(tmp_path / "missing.json") in refused(capsys, ["--run", str(bare), "--out", str(tmp_path / "c"),
                                                               "--metrics", str(tmp_path / "missing.json")])
+    (tmp_path / "torn.json").write_text('{"headline": {"rou')
+    assert f"metrics file {tmp_path / 'torn.json'} cannot be read as JSON" in refused(
+        capsys, ["--run", str(bare), "--out", str(tmp_path / "c"), "--metrics", str(tmp_path / "torn.json")])
+    assert not (tmp_path / "c").exists()
 
 
 def test_llm_reference_is_checked_at_load(run, tiny_assets, tmp_path):

@@ -280,7 +280,12 @@ def export_run(run: str | os.PathLike, config: dict, checkpoint: str | os.PathLi
     _refuse_unless(llm.is_dir(), f"LLM folder {llm} does not exist ({source}.llm.path)")
     metrics_file = Path(metrics) if metrics is not None else run / METRICS_FILE
     _refuse_unless(metrics is None or metrics_file.is_file(), f"metrics file {metrics_file} does not exist")
-    metrics_data = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else None
+    metrics_data = None
+    if metrics_file.is_file():
+        try:
+            metrics_data = json.loads(metrics_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise ModelFolderError(f"metrics file {metrics_file} cannot be read as JSON: {exc}") from None
     _out_is_free(out, force, {"run": run, "checkpoint": Path(checkpoint), "LLM folder": llm, "Swin config": swin_config,
                               "encoder weights": Path(encoder["checkpoint"]), "metrics file": metrics_file})
 
@@ -313,7 +318,7 @@ def export_run(run: str | os.PathLike, config: dict, checkpoint: str | os.PathLi
             shutil.copyfile(swin_config, tmp / ENCODER_CONFIG)
             if llm_reference:
                 digests = llm_file_digests(llm)
-                (tmp / LLM_REFERENCE).write_text(json.dumps({"path": model["llm"]["path"], "sha256": digests}, indent=1))
+                (tmp / LLM_REFERENCE).write_text(json.dumps({"sha256": digests}, indent=1))  # the path: model.yaml's llm.path
             else:
                 shutil.copytree(llm, tmp / LLM_DIR, ignore=shutil.ignore_patterns(".*"))
             header = ("# The model section of the run this folder was exported from (python -m xraygpt.export).\n"
