@@ -1,0 +1,286 @@
+"""OpenAI's chat-completions shapes: the request read and checked, the answers and errors written.
+
+`parse_chat(body)` reads a `POST /v1/chat/completions` body (JSON bytes) into a `ChatRequest`
+(pydantic, strict: a wrong type, an unknown argument or an unsupported value is refused) and then
+into a `Conversation`: an optional system text, the (question, answer) turns of the training
+template with the image put before the question of the user message that carries it
+(`prompting.with_image`), and that image's URL.  Consecutive messages of one role are joined
+with a newline.  Every refusal is an `APIError` holding OpenAI's error JSON
+(`{"error": {"message", "type", "param", "code"}}`) and its HTTP status.
+
+`completion(...)` and `chunk(...)` write a `chat.completion` and a `chat.completion.chunk`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xraygpt.constants import IMAGE_PLACEHOLDER
+from xraygpt.prompting import with_image
+
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+
+
+class APIError(Exception):
+    """A request refused (or failed) with OpenAI's error JSON and an HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# ---------------------------------------------------------------------------------------- request
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _Lenient(BaseModel):
+    """Parts whose extra fields clients send freely (e.g. `detail`, `name`) and which change nothing."""
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Lenient):
+    url: str
+
+
+class ImagePart(_Lenient):
+    type: Literal["image_url"]
+    image_url: Union[ImageURL, str]
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class Message(_Lenient):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[Part], None] = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatRequest(_Strict):
+    """The arguments of `POST /v1/chat/completions` this server reads (others are refused)."""
+
+    model: str
+    messages: list[Message]
+    max_tokens: Optional[Annotated[int, Field(ge=1)]] = None
+    max_completion_tokens: Optional[Annotated[int, Field(ge=1)]] = None
+    temperature: Optional[Annotated[float, Field(ge=0, le=2)]] = None
+    top_p: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    # accepted only at the value that asks for nothing this server does not do
+    n: Optional[Literal[1]] = None
+    frequency_penalty: Optional[Literal[0, 0.0]] = None
+    presence_penalty: Optional[Literal[0, 0.0]] = None
+    logprobs: Optional[Literal[False]] = None
+    user: Optional[str] = None
+
+    @property
+    def answer_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+_BRANCHES = {"str", "ImageURL", "TextPart", "ImagePart"}
+
+
+def _param(loc: tuple) -> str:
+    """pydantic's error location as OpenAI names a parameter (messages[0].content[1].image_url): the
+    labels pydantic adds for union branches, and the part type after a content part's index, dropped."""
+    kept = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _BRANCHES):
+            continue
+        kept.append(part)
+    # a tagged union puts the tag right after the content part's index: content[1].text.text -> content[1].text
+    cleaned = []
+    for k, part in enumerate(kept):
+        if k >= 2 and isinstance(kept[k - 1], int) and kept[k - 2] == "content" and isinstance(part, str):
+            continue
+        cleaned.append(part)
+    out = ""
+    for part in cleaned:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _validation_error(exc: ValidationError) -> APIError:
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return APIError(400, f"the request body is not valid JSON ({errors[0]['msg']})", code="invalid_json")
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = extra[0] if extra else max(errors, key=lambda e: len(e["loc"]))  # the deepest: the branch that fitted best
+    param = _param(first["loc"])
+    if first["type"] == "extra_forbidden":
+        return APIError(400, f"unrecognized request argument supplied: {param}", param=param,
+                        code="unsupported_parameter")
+    if first["type"] == "missing":
+        return APIError(400, f"missing required parameter: {param}", param=param, code="missing_required_parameter")
+    if first["type"] == "union_tag_invalid":
+        return APIError(400, f"{param}: unsupported content part (this server reads 'text' and 'image_url' parts)",
+                        param=param, code="invalid_value")
+    if first["type"] == "model_type" and not first["loc"]:
+        return APIError(400, "the request body must be a JSON object", code="invalid_type")
+    alternatives = [e["msg"] for e in errors if _param(e["loc"]) == param and e is not first]
+    message = first["msg"] + "".join(f", or {m[:1].lower()}{m[1:]}" for m in alternatives)
+    return APIError(400, f"{param}: {message}", param=param or None, code="invalid_value")
+
+
+# ------------------------------------------------------------------------------------ conversation
+@dataclasses.dataclass
+class Conversation:
+    """What the prompt is built from.
+
+    `system`: the system messages' text (None: the model's prompt.system); `turns`: (question, answer)
+    pairs, the last answer None, the question carrying the image tagged by `with_image`;
+    `image_url`, `image_param`: the image's URL and where it was in the request.
+    """
+
+    system: str | None
+    turns: list[tuple[str, str | None]]
+    image_url: str
+    image_param: str
+
+
+@dataclasses.dataclass
+class _Turn:
+    question: list[str]
+    index: int  # the message that opened it
+    answer: list[str] | None = None
+    image: str | None = None
+
+
+def _texts_and_images(message: Message, i: int) -> tuple[str, list[tuple[str, str]]]:
+    """The message's text (parts joined by newlines) and its (url, param) images."""
+    if message.content is None:
+        raise APIError(400, f"messages[{i}] has no content", param=f"messages[{i}].content", code="invalid_value")
+    if isinstance(message.content, str):
+        return message.content, []
+    texts = [p.text for p in message.content if isinstance(p, TextPart)]
+    images = [(p.url, f"messages[{i}].content[{j}]") for j, p in enumerate(message.content) if isinstance(p, ImagePart)]
+    return "\n".join(texts), images
+
+
+def _check_reserved(text: str, param: str, end_sym: str) -> None:
+    for reserved in (IMAGE_PLACEHOLDER, end_sym):
+        if reserved in text:
+            raise APIError(400, f"{param} contains {reserved!r}, which the model's prompt template reserves; "
+                                "please rephrase without it", param=param, code="invalid_value")
+
+
+def conversation(request: ChatRequest, end_sym: str) -> Conversation:
+    """The request's messages as a Conversation, or APIError saying what is wrong (see module docstring)."""
+    if not request.messages:
+        raise APIError(400, "messages is empty: send at least one user message with a chest X-ray",
+                       param="messages", code="invalid_value")
+    system: list[str] = []
+    turns: list[_Turn] = []
+    images: list[tuple[str, str, _Turn]] = []
+    for i, message in enumerate(request.messages):
+        text, found = _texts_and_images(message, i)
+        _check_reserved(text, f"messages[{i}].content", end_sym)
+        if found and message.role != "user":
+            raise APIError(400, f"messages[{i}] is a {message.role} message with an image: only user messages may "
+                                "carry one", param=found[0][1], code="invalid_value")
+        if message.role in ("system", "developer"):
+            if turns:
+                raise APIError(400, f"messages[{i}]: system messages must come before the conversation",
+                               param=f"messages[{i}]", code="invalid_value")
+            system.append(text)
+        elif message.role == "user":
+            if not turns or turns[-1].answer is not None:
+                turns.append(_Turn(question=[], index=i))
+            turns[-1].question.append(text)
+            images += [(url, param, turns[-1]) for url, param in found]
+        else:
+            if not turns:
+                raise APIError(400, f"messages[{i}]: the conversation must start with a user message",
+                               param=f"messages[{i}]", code="invalid_value")
+            turns[-1].answer = [*(turns[-1].answer or []), text]
+    if not turns:
+        raise APIError(400, "messages holds no user message", param="messages", code="invalid_value")
+    if turns[-1].answer is not None:
+        raise APIError(400, "the last message must be the user's: the model answers it", param="messages",
+                       code="invalid_value")
+    if not images:
+        raise APIError(400, "no image: this model answers questions about one chest X-ray; send it as an "
+                            "image_url part of a user message", param="messages", code="missing_image")
+    if len(images) > 1:
+        raise APIError(400, f"{len(images)} images: this model reads one image per conversation",
+                       param=images[1][1], code="too_many_images")
+    url, param, image_turn = images[0]
+    out = []
+    for turn in turns:
+        question = "\n".join(t for t in turn.question if t.strip()).strip()
+        if not question:
+            raise APIError(400, f"messages[{turn.index}] has no text: please ask a question about the image",
+                           param=f"messages[{turn.index}].content", code="invalid_value")
+        answer = None if turn.answer is None else "\n".join(turn.answer).strip()
+        out.append((with_image(question) if turn is image_turn else question, answer))
+    return Conversation(system="\n".join(system) if system else None, turns=out, image_url=url, image_param=param)
+
+
+def parse_chat(body: bytes) -> ChatRequest:
+    """The request body as a ChatRequest, or APIError (400) naming the parameter."""
+    try:
+        request = ChatRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    stops = request.stop_strings
+    if len(stops) > MAX_STOP or any(not s for s in stops):
+        raise APIError(400, f"stop: up to {MAX_STOP} non-empty strings", param="stop", code="invalid_value")
+    return request
+
+
+# ------------------------------------------------------------------------------------------ answers
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(completion_id: str, created: int, model: str, text: str, finish_reason: str, used: dict) -> dict:
+    """A `chat.completion` object with one choice."""
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish_reason}],
+            "usage": used}
+
+
+def chunk(completion_id: str, created: int, model: str, delta: dict | None, finish_reason: str | None = None,
+          used: dict | None = None) -> dict:
+    """A `chat.completion.chunk`: one choice's `delta` (None: the usage chunk, which has no choice)."""
+    out = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+           "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                                 "finish_reason": finish_reason}]}
+    if used is not None:
+        out["usage"] = used
+    return out
