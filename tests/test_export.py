@@ -33,12 +33,7 @@ METRICS = {"headline": {"rouge_l": 0.2345, "bleu_4": 0.0712}, "confidence_interv
 def run(tiny_assets, tmp_path_factory) -> Path:
     """One tiny stage-1 run (2 steps), trained in this process, with a metrics.json beside it."""
     out = tmp_path_factory.mktemp("export_run") / "stage1"
-    cfg_path = write_yaml(tiny_config(tiny_assets, out, iters_per_epoch=2, max_epoch=1), out.parent / "s1.yaml")
-    _, cfg = builders.load_job_config(cfg_path, job="training")
-    model = builders.build_model(cfg.model, cfg.run.seed)
-    train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer,
-                                        model.image_preprocessing)
-    builders.build_runner(cfg, model, train_set, None, DistInfo()).train()
+    train_in_process(write_yaml(tiny_config(tiny_assets, out, iters_per_epoch=2, max_epoch=1), out.parent / "s1.yaml"))
     (out / "metrics.json").write_text(json.dumps(METRICS))
     return out
 
@@ -69,6 +64,14 @@ def run_copy(run: Path, dest: Path, **model_changes) -> Path:
         cfg["model"][section][name] = value
     (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
+
+
+def train_in_process(cfg_path: Path) -> None:
+    _, cfg = builders.load_job_config(cfg_path, job="training")
+    model = builders.build_model(cfg.model, cfg.run.seed)
+    train_set = builders.build_datasets(cfg.datasets, cfg.run.seed, "train", model.prompt_tokenizer,
+                                        model.image_preprocessing)
+    builders.build_runner(cfg, model, train_set, None, DistInfo()).train()
 
 
 def test_folder_layout_and_relative_config(exported, tiny_assets):
@@ -173,6 +176,23 @@ def test_llm_reference_is_checked_at_load(run, tiny_assets, tmp_path):
     shutil.rmtree(llm)
     with pytest.raises(ModelFolderError, match=f"LLM folder {llm} referenced by .* does not exist"):
         builders.model_section_from_folder(out)
+
+
+def test_a_sharded_fsdp_run_exports_its_trained_weights(tiny_assets, tmp_path):
+    """run.strategy fsdp writes a sharded checkpoints/checkpoint_last folder, read through the model."""
+    from xraygpt.training.sharded_checkpoint import read_sharded_weights
+
+    out = tmp_path / "fsdp"
+    train_in_process(write_yaml(tiny_config(tiny_assets, out, strategy="fsdp", iters_per_epoch=2, sample_generations=0),
+                                tmp_path / "fsdp.yaml"))
+    sharded = out / "checkpoints" / "checkpoint_last"
+    assert sharded.is_dir() and not (out / "checkpoints" / "checkpoint_last.pt").exists()
+    assert export_main(["--run", str(out), "--out", str(tmp_path / "model"), "--llm-reference"]) == 0
+    loaded = XrayGPT.from_pretrained(tmp_path / "model")
+    expected = read_sharded_weights(sharded, loaded.trainable_state_dict())
+    assert set(expected) == set(loaded.trainable_state_dict())
+    assert all(torch.equal(loaded.trainable_state_dict()[k], v) for k, v in expected.items())
+    assert json.loads((tmp_path / "model" / "export.json").read_text())["checkpoint"] == str(sharded)
 
 
 def test_refusals_name_the_path(run, tmp_path, capsys):
