@@ -188,6 +188,8 @@ def test_stop_max_tokens_and_seeded_sampling(server, xray_url):
     word = whole.split()[2]
     cut = api.chat.completions.create(model="xraygpt", messages=[image_message(xray_url)], stop=[word])
     assert cut.choices[0].message.content == whole[: whole.index(word)] and cut.choices[0].finish_reason == "stop"
+    streamed = api.chat.completions.create(model="xraygpt", messages=[image_message(xray_url)], stop=[word], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut.choices[0].message.content
     short = api.chat.completions.create(model="xraygpt", messages=[image_message(xray_url)], max_tokens=2)
     assert short.usage.completion_tokens == 2 and short.choices[0].finish_reason == "length"
     sampled = [api.chat.completions.create(model="xraygpt", messages=[image_message(xray_url)], temperature=1.5,
