@@ -80,14 +80,19 @@ def test_stage0_full_two_ranks_fsdp_equals_one_process_and_export_equals(tiny_as
 
 
 def test_stage1_with_a_sharded_frozen_llm_equals_one_process(tiny_assets, tmp_path):
-    """Stage 1 with the frozen LLM and encoder sharded, with gradient accumulation, clipping,
-    gradient checkpointing and length-grouped batches: the projection trains as in one process,
+    """Stage 1 (launched by scripts/launch.sh) with the frozen LLM and encoder sharded, with
+    gradient accumulation, clipping, gradient checkpointing and length-grouped batches: the
+    projection trains as in one process,
     the checkpoint holds only trainable weights, and stage 2 starts from the sharded checkpoint."""
     common = dict(iters_per_epoch=3, sample_generations=1, accum_grad_iters=2, grad_clip=0.05,
                   gradient_checkpointing=True, group_by_length=True)
     two = write_yaml(tiny_config(tiny_assets, tmp_path / "two", strategy="fsdp", batch_size_train=2, **common),
                      tmp_path / "two.yaml")
-    run_torchrun(REPO / "train.py", 29623, "--cfg-path", str(two))
+    launched = subprocess.run(  # through the multi-node launcher, as one node of two ranks
+        ["bash", str(REPO / "scripts" / "launch.sh"), "--cfg-path", str(two)], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RDZV_ENDPOINT": "127.0.0.1:29623",
+             "PYTHON": sys.executable}, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
     model, runner = _runner(write_yaml(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common),
                                        tmp_path / "one.yaml"))
     runner.train()
