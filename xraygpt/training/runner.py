@@ -212,7 +212,12 @@ class IterRunner:
             logger.info("torch.compile (%s): %d LLM layers", compile, compile_decoder_layers(model.llm, compile))
         if self.sharded:
             model.to(self.device)
-            sharding.shard_model(model, self.device, self.amp_dtype, fsdp_cpu_offload)
+            # on GPU with amp: gathered and computed in the LLM's half dtype (bfloat16 for a float32
+            # LLM, whose float32 shards are then the master weights); gradients reduced in float32
+            compute = None
+            if amp and self.device.type == "cuda":
+                compute = self.amp_dtype or torch.bfloat16
+            sharding.shard_model(model, self.device, compute, fsdp_cpu_offload)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise RunError("the model has no trainable parameter")
