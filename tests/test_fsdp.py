@@ -185,4 +185,26 @@ def test_a_checkpoint_of_the_other_strategy_is_refused_in_one_line(tiny_assets, 
         _runner(ddp, ["run.strategy=zero", f"run.output_dir={tmp_path / 'z'}"])
     with pytest.raises(RunError, match="run.fsdp_cpu_offload needs run.strategy: fsdp"):
         _runner(ddp, ["run.fsdp_cpu_offload=true", f"run.output_dir={tmp_path / 'z'}"])
+    with pytest.raises(RunError, match="run.fsdp_cpu_offload moves the shards .* needs a CUDA device"):
+        _runner(fsdp, ["run.fsdp_cpu_offload=true", f"run.output_dir={tmp_path / 'z'}"])
     assert not list((tmp_path / "fsdp" / "checkpoints").glob(".*tmp"))
+
+
+def test_stage0_lora_two_ranks_fsdp_equals_one_process(tiny_assets, tmp_path):
+    """LoRA adapters on a sharded frozen LLM: the adapters (only they are saved) and the merged
+    hf_model export equal the 1-process run's."""
+    common = dict(iters_per_epoch=3, sample_generations=0)
+    cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], tmp_path / "two", finetune="lora",
+                        strategy="fsdp", batch_size_train=2, **common)
+    run_torchrun(REPO / "train.py", 29653, "--cfg-path", str(write_yaml(cfg, tmp_path / "two.yaml")))
+    cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], tmp_path / "one", finetune="lora",
+                        batch_size_train=4, **common)
+    model, runner = _runner(write_yaml(cfg, tmp_path / "one.yaml"))
+    template = builders.build_model(load_config(tmp_path / "one.yaml").model)  # the export merges `model`'s adapters
+    runner.train()
+    two, one = _weights(tmp_path / "two", template), _weights(tmp_path / "one", template)
+    assert two and all("lora_" in k for k in two)
+    _assert_close(two, one, 1e-5)
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "two" / "hf_model"), local_files_only=True)
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path / "one" / "hf_model"), local_files_only=True)
+    _assert_close(exported.state_dict(), reference.state_dict(), 1e-5)

@@ -158,6 +158,9 @@ class IterRunner:
             raise RunError(f"run.strategy must be one of {sharding.STRATEGIES}, got {strategy!r}")
         if fsdp_cpu_offload and strategy != "fsdp":
             raise RunError("run.fsdp_cpu_offload needs run.strategy: fsdp")
+        if fsdp_cpu_offload and dist.device.type != "cuda":
+            raise RunError(f"run.fsdp_cpu_offload moves the shards from the GPU to host memory: it needs a CUDA device "
+                           f"(this run is on {dist.device.type})")
         self.strategy = strategy
         self.sharded = strategy == "fsdp" and dist.distributed
         if self.sharded and model_factory is None:
