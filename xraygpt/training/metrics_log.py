@@ -1,4 +1,6 @@
-"""`log.jsonl` (one JSON object per logged step) and the loss-curve PNG drawn from it."""
+"""`log.jsonl` (one JSON object per logged step), the loss-curve PNG drawn from it, and the
+optional dashboards of `run.report_to` (`tensorboard`: event files under `output_dir/tensorboard/`,
+written with torch's own `SummaryWriter`; needs the `tensorboard` package, extra `[tensorboard]`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,40 @@ from pathlib import Path
 from xraygpt.atomic import append_lines, atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+
+REPORTERS = ("tensorboard",)
+
+
+class TensorBoardLog:
+    """Each logged record's numbers as scalars `train/<key>` at its step, in TensorBoard event files.
+
+    `purge_step` (the step a resumed run continues from) drops what a killed run had logged after
+    it, as `JsonlLog.truncate_after` does for log.jsonl.
+    """
+
+    def __init__(self, folder: str | os.PathLike, purge_step: int | None = None):
+        self.writer = self.writer_class()(str(folder), purge_step=purge_step)
+
+    @staticmethod
+    def writer_class():
+        """torch's SummaryWriter, or ImportError saying what to install (checked before a run starts)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("run.report_to: tensorboard needs the tensorboard package "
+                              "(pip install -c constraints.txt -e '.[tensorboard]')") from None
+        return SummaryWriter
+
+    def write(self, record: dict) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"train/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class JsonlLog:

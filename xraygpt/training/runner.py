@@ -58,7 +58,7 @@ from xraygpt import runtime
 from xraygpt.training import sharding
 from xraygpt.training.checkpoint import atomic_save, read_checkpoint, rng_state, set_rng_state
 from xraygpt.training.sharded_checkpoint import is_sharded_checkpoint, load_sharded, read_meta, save_sharded
-from xraygpt.training.metrics_log import JsonlLog, plot_loss
+from xraygpt.training.metrics_log import REPORTERS, JsonlLog, TensorBoardLog, plot_loss
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ class IterRunner:
         strategy: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: parameters, gradients
             and optimizer state sharded over the ranks; one process = not sharded).
         fsdp_cpu_offload: with `fsdp`, keep the shards and the optimizer state in host memory.
+        report_to: dashboards fed with each logged record besides log.jsonl: `tensorboard`
+            (output_dir/tensorboard/); None = none.
         model_factory: builds a fresh, unsharded copy of the model (given by the builders); with
             `fsdp` under torchrun, samples and exports after training run on it.
     """
@@ -147,6 +149,7 @@ class IterRunner:
         compile: Optional[str] = None,
         strategy: str = "ddp",
         fsdp_cpu_offload: bool = False,
+        report_to: Optional[list[str]] = None,
         model_factory: Optional[Callable[[], torch.nn.Module]] = None,
     ):
         for name, value in (("max_epoch", max_epoch), ("iters_per_epoch", iters_per_epoch),
@@ -161,6 +164,12 @@ class IterRunner:
         if fsdp_cpu_offload and dist.device.type != "cuda":
             raise RunError(f"run.fsdp_cpu_offload moves the shards from the GPU to host memory: it needs a CUDA device "
                            f"(this run is on {dist.device.type})")
+        unknown = [name for name in (report_to or []) if name not in REPORTERS]
+        if unknown:
+            raise RunError(f"run.report_to: unknown dashboard {unknown[0]!r}; choose from {REPORTERS}")
+        self.report_to = list(report_to or [])
+        if "tensorboard" in self.report_to:
+            TensorBoardLog.writer_class()
         self.strategy = strategy
         self.sharded = strategy == "fsdp" and dist.distributed
         if self.sharded and model_factory is None:
@@ -373,9 +382,13 @@ class IterRunner:
         """Run to `total_steps`; returns {"final_loss", "steps", "checkpoint"}."""
         torch.manual_seed(self.seed + self.dist.rank)  # ranks draw different noise (dropout, NEFTune)
         start_step = self._restore() if self.resume_state is not None else 0
+        dashboards = []
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / "config.yaml", self.config_yaml)
+            if "tensorboard" in self.report_to:
+                purge = start_step + 1 if start_step else None  # a resumed run rewrites what followed its checkpoint
+                dashboards.append(TensorBoardLog(self.output_dir / "tensorboard", purge_step=purge))
         if not self.sharded:
             self.model.to(self.device)  # a sharded model is already placed (and may be offloaded to the CPU)
         self.model.train()
@@ -425,10 +438,14 @@ class IterRunner:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                 if self.dist.is_main:
                     self.log.write(record)
+                    for dashboard in dashboards:
+                        dashboard.write(record)
             if done % self.iters_per_epoch == 0 or (self.save_freq_steps and done % self.save_freq_steps == 0):
                 last_ckpt = self._save(done) or last_ckpt
                 runtime.barrier()
         bar.close()
+        for dashboard in dashboards:
+            dashboard.close()
         trained = self._unsharded_model()
         if self.dist.is_main:
             plot = plot_loss(self.log.read(), self.output_dir / "loss.png", title=str(self.output_dir))
