@@ -42,6 +42,7 @@ from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_re
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
 from xraygpt.evaluation.vllm_engine import VLLMEngine, check_decoding, check_supported
+from xraygpt.evaluation.vqa_metrics import format_vqa_metrics, vqa_metrics
 from xraygpt.models.generation import GenerationSettings
 from xraygpt import runtime
 
@@ -165,7 +166,8 @@ class ReportEvaluator:
                    disable=not (self.progress and dist.is_main))
 
         def emit(batch: list[dict], rows: list[dict]) -> None:
-            store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row} for row in rows])
+            store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row,
+                           **({"vqa": sample["vqa"]} if "vqa" in sample else {})} for sample, row in zip(batch, rows)])
             bar.update(len(rows))
 
         batch_size = self.batch_size
@@ -243,6 +245,8 @@ class ReportEvaluator:
         rows, skipped = store.merge(ids)
         write_report_csv(rows, self.output_dir / "predictions.csv", "prediction")
         write_report_csv(rows, self.output_dir / "references.csv", "reference")
+        vqa_rows = [r for r in rows if "vqa" in r]  # questions (xraygpt.data.vqa) are scored as answers, not reports
+        rows = [r for r in rows if "vqa" not in r]
         metrics = compute_metrics(rows, self.labeler, self.bootstrap_resamples, self.confidence, self.seed, skipped)
         scored = scoreable(rows)[0]
         metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
@@ -250,6 +254,10 @@ class ReportEvaluator:
         metrics["generation"] = {"backend": self.backend, "image_mode": self.image_mode,
                                  "batch_size": self.batch_size, "final_batch_size": final_batch_size,
                                  **self.generation.as_dict()}
+        if vqa_rows:
+            metrics["vqa"] = vqa_metrics(vqa_rows)
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
+        if vqa_rows:
+            return (format_metrics(metrics) + "\n\n" if rows else "") + format_vqa_metrics(metrics["vqa"])
         return format_metrics(metrics)
