@@ -11,6 +11,12 @@ template per turn (`encode_dialogue`).  Generation encodes prompts with the same
 the model sees identical token boundaries in training and at inference.  The chat
 (`xraygpt.chat`) puts `IMAGE_TAG` before the first question it keeps and streams answers
 through `decode_partial_answer`.
+
+Instructions are per language (`xraygpt.languages`): English ones in the file a config names
+(`prompts/alignment.txt`), those of language L in the folder L beside it
+(`prompts/zh/alignment.txt`): `instruction_file(path, language)`.  A language without that file
+is refused in one line naming it (`load_language_instructions`).  `summary_instruction` is the
+first instruction of a language's file without its image tag: what the demo asks for a summary.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from xraygpt.languages import DEFAULT_LANGUAGE, check_language
 from xraygpt.constants import (
     DEFAULT_END_SYM,
     DEFAULT_PROMPT_TEMPLATE,
@@ -59,6 +66,33 @@ def load_instructions(path: str | os.PathLike) -> list[str]:
     if not instructions:
         raise PromptFileError(f"instruction file {file} holds no instructions")
     return instructions
+
+
+def instruction_file(path: str | os.PathLike, language: str = DEFAULT_LANGUAGE) -> Path:
+    """The instruction file of `language` for the English file `path`: `path` itself for English,
+    else `<folder of path>/<language>/<name of path>` (`prompts/alignment.txt`, zh ->
+    `prompts/zh/alignment.txt`); a `path` already inside a folder named `language` is kept."""
+    file = Path(path)
+    if check_language(language) == DEFAULT_LANGUAGE or file.parent.name == language:
+        return file
+    return file.parent / language / file.name
+
+
+def load_language_instructions(path: str | os.PathLike, language: str = DEFAULT_LANGUAGE) -> list[str]:
+    """`load_instructions(instruction_file(path, language))`; a language whose file is missing is
+    refused in one line naming the file."""
+    file = instruction_file(path, language)
+    if language != DEFAULT_LANGUAGE and not file.is_file():
+        raise PromptFileError(f"no prompts for language {language!r}: {file} does not exist (write one instruction "
+                              f"per line there, each holding {IMAGE_PLACEHOLDER} once, like {Path(path)})")
+    return load_instructions(file)
+
+
+def summary_instruction(path: str | os.PathLike, language: str = DEFAULT_LANGUAGE) -> str:
+    """The first instruction of `language`'s file (see `instruction_file`) without its image tag:
+    the question that asks for a summary once the image is in the conversation."""
+    first = load_language_instructions(path, language)[0]
+    return " ".join(first.replace(IMAGE_TAG, " ").replace(IMAGE_PLACEHOLDER, " ").split())
 
 
 class PromptFormat:

@@ -24,6 +24,15 @@ set, `eval_root`, still reads images).  Its samples carry `image_features` (N, D
 with a deterministic (eval) processor, so a run gives the same losses from the cache as from
 the images.
 
+Every dataset has a `language` (`en` by default; `xraygpt.languages`): its instructions are
+that language's (`prompts/alignment.txt` for English, `prompts/<language>/alignment.txt` else,
+see `xraygpt.prompting.instruction_file`; a language without that file is refused in one line
+naming it), and evaluation scores its summaries with that language's tokenizer.  Captions
+visibly in another script (no CJK character in a Chinese dataset, one in an English dataset) are
+counted and logged once with the first ids, not dropped.  `openi_zh` / `mimic_zh` are the same
+builders with `language: zh` by default, so that one config can list a source in two languages
+(the `datasets` keys are builder names): a mixed EN+ZH stage 2 lists `openi` and `openi_zh`.
+
 Length-grouped batches (`run.group_by_length`) need each draw's token length before it is
 loaded; the instruction is then drawn from its own RNG seeded by (seed, key, "instruction")
 rather than after the augmentation draws (`MixedDataset.with_instructions_by_key`), and
@@ -47,7 +56,8 @@ from xraygpt.data.formats import (IMAGE_FILES, Capabilities, DatasetError, capab
                                   log_dropped, read_samples)
 from xraygpt.data.shards import ShardDataset, read_manifest
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
-from xraygpt.prompting import PromptTokenizer, load_instructions
+from xraygpt.languages import DEFAULT_LANGUAGE, written_in
+from xraygpt.prompting import PromptTokenizer, load_language_instructions
 from xraygpt.registry import register
 
 logger = logging.getLogger(__name__)
@@ -62,6 +72,7 @@ class CaptionDataset(torch.utils.data.Dataset):
         text_processor: caption -> cleaned caption.
         instructions: instructions to sample from (each holds `<ImageHere>`).
         max_pixels: images with more pixels do not decode (checked from the header).
+        language: the language of the captions and instructions (`xraygpt.languages`).
     """
 
     capabilities = IMAGE_FILES
@@ -74,8 +85,10 @@ class CaptionDataset(torch.utils.data.Dataset):
         text_processor: Callable[[str], str],
         instructions: list[str],
         max_pixels: int,
+        language: str = DEFAULT_LANGUAGE,
     ):
         self.name = name
+        self.language = language
         self.samples = samples
         self.vis_processor = vis_processor
         self.text_processor = text_processor
@@ -122,13 +135,15 @@ class FeatureCaptionDataset(torch.utils.data.Dataset):
         text_processor: caption -> cleaned caption.
         instructions: instructions to sample from (each holds `<ImageHere>`).
         max_samples: use only the first N samples of the cache (0 = all).
+        language: the language of the captions and instructions (`xraygpt.languages`).
     """
 
     capabilities = FEATURE_CACHE
 
     def __init__(self, name: str, cache: FeatureCache, text_processor: Callable[[str], str], instructions: list[str],
-                 max_samples: int = 0):
+                 max_samples: int = 0, language: str = DEFAULT_LANGUAGE):
         self.name = name
+        self.language = language
         self.cache = cache
         self.samples = [(image_id, row, caption) for row, (image_id, caption) in enumerate(cache.samples)]
         if max_samples > 0:
@@ -169,13 +184,18 @@ def build_caption_dataset(
     vis_processor: Callable,
     text_processor: Callable[[str], str],
     feature_cache: str | None = None,
+    language: str = DEFAULT_LANGUAGE,
 ) -> CaptionDataset | ShardDataset | FeatureCaptionDataset:
     """Validate a dataset folder in `format` and build its dataset (see module docstring).
 
     With `feature_cache`, the samples and their features come from that cache; `root` is not read.
+    The instructions are `language`'s version of `prompt_path` (`prompting.instruction_file`).
     """
     fmt = dataset_format(format, name)
-    instructions = load_instructions(prompt_path)
+    try:
+        instructions = load_language_instructions(prompt_path, language)
+    except ValueError as exc:  # LanguageError, PromptFileError
+        raise type(exc)(f"datasets.{name}: {exc}") from None
     if feature_cache:
         try:
             cache = FeatureCache(feature_cache)
@@ -184,7 +204,9 @@ def build_caption_dataset(
         logger.info("%s: %d samples from the feature cache %s (%s %s features; images and vis_processor.train "
                     "are not used, so no augmentation)", name, len(cache), feature_cache,
                     cache.manifest["dtype"], cache.encoder.get("output"))
-        return FeatureCaptionDataset(name, cache, text_processor, instructions, max_samples)
+        dataset = FeatureCaptionDataset(name, cache, text_processor, instructions, max_samples, language)
+        log_other_script(name, [(image_id, caption) for image_id, _, caption in dataset.samples], language)
+        return dataset
     root_path = Path(root)
     if not root_path.is_dir():
         raise DatasetError(f"{name}: dataset root {root_path} does not exist")
@@ -193,8 +215,10 @@ def build_caption_dataset(
             raise DatasetError(f"{name}: max_samples is not supported with format {format} (write fewer shards)")
         shards, total = read_manifest(root_path, ann_file or fmt.ann_file)
         logger.info("%s: %d samples in %d shards from %s", name, total, len(shards), root_path)
-        return ShardDataset(name, shards, total, vis_processor, text_processor, instructions, max_image_pixels,
-                            shuffle_buffer)
+        stream = ShardDataset(name, shards, total, vis_processor, text_processor, instructions, max_image_pixels,
+                              shuffle_buffer)
+        stream.language = language  # captions are read while streaming: their script is not checked
+        return stream
     samples, dropped, total = read_samples(format, root_path, ann_file, image_dir, split, verify_images)
     log_dropped(name, dropped, total)
     if not samples:
@@ -202,11 +226,24 @@ def build_caption_dataset(
     if max_samples > 0:
         samples = samples[:max_samples]
     logger.info("%s: %d samples from %s", name, len(samples), root_path)
-    return CaptionDataset(name, samples, vis_processor, text_processor, instructions, max_image_pixels)
+    log_other_script(name, [(image_id, caption) for image_id, _, caption in samples], language)
+    return CaptionDataset(name, samples, vis_processor, text_processor, instructions, max_image_pixels, language)
 
 
-def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset | ShardDataset]:
-    """Register the dataset builder of one source under `name` (arguments: see README "datasets")."""
+def log_other_script(name: str, captions: list[tuple[str, str]], language: str) -> int:
+    """Count (and log once, with the first ids) the (id, caption) pairs visibly written in another
+    script than `language`'s (`xraygpt.languages.written_in`); returns the count."""
+    other = [str(image_id) for image_id, caption in captions if not written_in(caption, language)]
+    if other:
+        logger.warning("%s: %d of %d captions are not written in the script of language %r (first: %s); check "
+                       "datasets.%s.language", name, len(other), len(captions), language, ", ".join(other[:5]), name)
+    return len(other)
+
+
+def _caption_source(name: str, description: str, default_language: str = DEFAULT_LANGUAGE
+                    ) -> Callable[..., CaptionDataset | ShardDataset]:
+    """Register the dataset builder of one source under `name` (arguments: see README "datasets");
+    `default_language` is its `language` when the config does not set one."""
 
     def builder(
         root: str,
@@ -223,6 +260,7 @@ def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset
         max_image_pixels: int = 50_000_000,
         shuffle_buffer: int = 256,
         feature_cache: Optional[str] = None,
+        language: str = default_language,
     ) -> CaptionDataset | ShardDataset | FeatureCaptionDataset:
         # eval_split (r2gen) is read by xraygpt.builders.build_datasets, which passes it as `split`
         # when building the held-out set; it is a builder argument so that the config schema has it.
@@ -230,7 +268,7 @@ def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset
         del eval_split
         return build_caption_dataset(name, root, format, split, ann_file, image_dir, prompt_path, max_samples,
                                      verify_images, max_image_pixels, shuffle_buffer, vis_processor, text_processor,
-                                     feature_cache)
+                                     feature_cache, language)
 
     builder.__name__ = builder.__qualname__ = f"build_{name}"
     builder.__doc__ = description
@@ -239,6 +277,10 @@ def _caption_source(name: str, description: str) -> Callable[..., CaptionDataset
 
 build_mimic = _caption_source("mimic", "MIMIC-CXR image-summary pairs (stage 1).")
 build_openi = _caption_source("openi", "OpenI image-summary pairs (stage 2); ids are `<report>_<view>`.")
+# The same sources in Chinese (XrayGLM's translations), listable beside the English ones in one config.
+build_mimic_zh = _caption_source("mimic_zh", "MIMIC-CXR image-summary pairs in Chinese (language zh).", "zh")
+build_openi_zh = _caption_source("openi_zh", "OpenI image-summary pairs in Chinese (XrayGLM's filter_cap_zh.json; "
+                                             "language zh).", "zh")
 
 
 class MixedDataset(torch.utils.data.Dataset):

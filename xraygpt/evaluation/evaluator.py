@@ -41,6 +41,8 @@ from xraygpt.evaluation.plugins import run_plugins
 from xraygpt.evaluation.predictions import PredictionStore, report_ids, write_report_csv
 from xraygpt.evaluation.report_metrics import compute_metrics, format_metrics, scoreable
 from xraygpt.evaluation.rouge import make_scorer
+from xraygpt.evaluation.text import check_cjk_tokenizer
+from xraygpt.languages import DEFAULT_LANGUAGE
 from xraygpt.evaluation.vllm_engine import VLLMEngine, check_decoding, check_supported
 from xraygpt.evaluation.vqa_metrics import format_vqa_metrics, vqa_metrics
 from xraygpt.models.generation import GenerationSettings
@@ -57,6 +59,12 @@ def dataset_samples(dataset) -> list[tuple]:
         raise DatasetError("evaluation reads datasets in the xraygpt or r2gen format (one row per image id); "
                            "a webdataset shard folder cannot be resumed by id")
     return list(dataset.samples)
+
+
+def dataset_languages(dataset) -> dict[str, str]:
+    """{image id: its language}: the sample's own (a VQA question's), else its member dataset's, else `en`."""
+    return {str(s[0]): getattr(s, "language", None) or getattr(ds, "language", DEFAULT_LANGUAGE)
+            for ds in dataset.datasets for s in ds.samples}
 
 
 def dataset_ids(dataset) -> list[str]:
@@ -106,6 +114,9 @@ class ReportEvaluator:
             encoder, projection and embedding table beside it need little of the rest).
         restart: when `output_dir` holds outputs of another run (its fingerprint.json differs,
             or it has none), delete them and start over instead of refusing.
+        cjk_tokenizer: how the report metrics cut text in languages other than English (a row is in
+            its dataset's `language`): `characters` (each CJK character a token) or `jieba` (words of
+            the jieba segmenter, when installed); see `xraygpt.evaluation.text`.
     """
 
     def __init__(
@@ -128,8 +139,11 @@ class ReportEvaluator:
         backend: str = "transformers",
         vllm_gpu_memory_utilization: float = 0.8,
         restart: bool = False,
+        cjk_tokenizer: str = "characters",
     ):
         check_settings(batch_size, image_mode, backend)
+        check_cjk_tokenizer(cjk_tokenizer)
+        self.cjk_tokenizer = cjk_tokenizer
         if backend == "vllm":
             check_supported(model, vllm_gpu_memory_utilization)
             check_decoding(generation)
@@ -153,7 +167,7 @@ class ReportEvaluator:
         make_scorer()
 
     def _generate(self, dataset, ids: list[str], keys: list[int], store: PredictionStore, dist, reports: dict,
-                  engine: Optional[VLLMEngine]) -> Optional[int]:
+                  engine: Optional[VLLMEngine], languages: dict[str, str]) -> Optional[int]:
         """Generate `keys` of `dataset` in batches (through `engine` if given), appending rows / skip records to `store`.
 
         Returns the batch size in use at the end (None when there was nothing to generate).
@@ -166,7 +180,8 @@ class ReportEvaluator:
                    disable=not (self.progress and dist.is_main))
 
         def emit(batch: list[dict], rows: list[dict]) -> None:
-            store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]), **row,
+            store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]),
+                           "language": languages.get(str(row["image_id"]), DEFAULT_LANGUAGE), **row,
                            **({"vqa": sample["vqa"]} if "vqa" in sample else {})} for sample, row in zip(batch, rows)])
             bar.update(len(rows))
 
@@ -237,17 +252,22 @@ class ReportEvaluator:
             self.model.to(dist.device)
         was_training = self.model.training
         self.model.eval()
-        final_batch_size = self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine)
+        languages = dataset_languages(dataset)
+        final_batch_size = self._generate(dataset, ids, mine, store, dist, report_ids(list(dataset_roots)), engine,
+                                          languages)
         self.model.train(was_training)
         runtime.barrier()
         if not dist.is_main:
             return None
         rows, skipped = store.merge(ids)
+        for row in rows:  # the split's languages as configured now (rows of an older run may lack them)
+            row["language"] = languages.get(str(row.get("image_id")), row.get("language") or DEFAULT_LANGUAGE)
         write_report_csv(rows, self.output_dir / "predictions.csv", "prediction")
         write_report_csv(rows, self.output_dir / "references.csv", "reference")
         vqa_rows = [r for r in rows if "vqa" in r]  # questions (xraygpt.data.vqa) are scored as answers, not reports
         rows = [r for r in rows if "vqa" not in r]
-        metrics = compute_metrics(rows, self.labeler, self.bootstrap_resamples, self.confidence, self.seed, skipped)
+        metrics = compute_metrics(rows, self.labeler, self.bootstrap_resamples, self.confidence, self.seed, skipped,
+                                  self.cjk_tokenizer)
         scored = scoreable(rows)[0]
         metrics["plugins"] = run_plugins([r["prediction"] for r in scored], [r["reference"] for r in scored],
                                          self.plugin_paths, dist.device)
