@@ -41,7 +41,7 @@ Entries that cannot be used are counted per reason, logged once with the first i
 dropped: malformed entry (not an object, or a question, answer or image name of the wrong
 JSON type), empty question, empty answer, unknown answer type, unknown language, mixed
 scripts (a question or answer whose script contradicts its language: CJK characters in an
-English one, a Chinese question without any), duplicate id, unsafe image path (absolute or
+English one, a Chinese question without any; `xraygpt.languages`), duplicate id, unsafe image path (absolute or
 `..`: never read), image missing and, with `verify_images`, image unreadable (its header does
 not read; each image file is checked once however many questions share it).  A source with no
 usable question is refused in one line naming the annotation file.
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -62,6 +61,7 @@ from xraygpt import registry
 from xraygpt.data.formats import Capabilities, DatasetError, DatasetFormat, read_json, readable_header
 from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
+from xraygpt.languages import is_cjk_language, written_in
 from xraygpt.prompting import with_image
 
 logger = logging.getLogger(__name__)
@@ -82,21 +82,13 @@ SLAKE_SPLIT_FILES = {"train": "train", "validate": "validate", "val": "validate"
 DROP_REASONS = ("malformed entry", "empty question", "empty answer", "unknown answer type", "unknown language",
                 "mixed scripts", "duplicate id", "unsafe image path", "image missing", "image unreadable")
 
-# CJK ideographs (unified, extension A, compatibility, extensions B-F): the script of Chinese text
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
-
-
-def has_cjk(text: str) -> bool:
-    """True when `text` holds a CJK ideograph."""
-    return _CJK.search(text) is not None
 
 
 def script_matches(text: str, language: str, required: bool) -> bool:
-    """Whether `text`'s script agrees with `language`: English text holds no CJK ideograph; Chinese
-    text holds one when `required` (a question; an answer may be "CT" or "2")."""
-    if language == "en":
-        return not has_cjk(text)
-    return has_cjk(text) or not required
+    """Whether `text`'s script agrees with `language` (`xraygpt.languages.written_in`): English text
+    holds no CJK character; Chinese text holds one when `required` (a question; an answer may be
+    "CT" or "2")."""
+    return written_in(text, language) or (is_cjk_language(language) and not required)
 
 
 class VQASample(NamedTuple):

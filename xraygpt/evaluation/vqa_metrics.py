@@ -8,7 +8,7 @@ Answers are compared after `normalise_answer`: `clean_text` (NFKC, control and f
 characters dropped), case folded, punctuation and symbols as spaces (a `.` or `,` between two
 digits kept: "2.5"), the English articles a / an / the dropped and the number words zero to
 twenty written as digits.  `answer_tokens` cuts a normalised answer into tokens: each CJK
-ideograph is a token (Chinese is scored by characters), and each run of other non-space
+character (`xraygpt.languages`) is a token (Chinese is scored by characters), and each run of other non-space
 characters is one (English words; "MRI" inside a Chinese answer), so a mixed-script answer is
 tokenized by script.
 
@@ -31,10 +31,10 @@ scored (wrong, recall 0) and counted.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 from xraygpt.evaluation.text import clean_text
+from xraygpt.languages import CJK_CHARACTER
 
 ANSWER_TYPES = ("closed", "open")
 ARTICLES = frozenset({"a", "an", "the"})
@@ -44,8 +44,6 @@ NUMBER_WORDS = {w: str(n) for n, w in enumerate(
 YES = ("yes", "是的", "是", "对", "有")
 NO = ("no", "不是", "没有", "否", "不", "无")
 POLARITY = {**{w: "yes" for w in YES}, **{w: "no" for w in NO}}
-_CJK_CLASS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_TOKEN = re.compile(f"[{_CJK_CLASS}]|[^\\s{_CJK_CLASS}]+")
 _LEADING_CJK = sorted((w for w in POLARITY if not w.isascii()), key=len, reverse=True)
 DEFINITIONS = {
     "closed_accuracy": "yes/no references: the prediction's polarity (its first word, else the one yes/no word "
@@ -72,8 +70,8 @@ def normalise_answer(text: str) -> str:
 
 
 def answer_tokens(text: str) -> list[str]:
-    """Tokens of `normalise_answer(text)`: CJK ideographs one by one, other runs of non-space characters whole."""
-    return _TOKEN.findall(normalise_answer(text))
+    """Tokens of `normalise_answer(text)`: CJK characters one by one, other runs of non-space characters whole."""
+    return CJK_CHARACTER.sub(lambda m: f" {m.group(0)} ", normalise_answer(text)).split()
 
 
 def polarity(text: str) -> str | None:
