@@ -272,3 +272,29 @@ def test_summaries_context_slot_places_each_label_repeats_times(tmp_path, ptok, 
     with pytest.raises(DatasetError, match="context_slot_repeats must be >= 1"):
         build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="labels.json",
                         context_slot_length=10, context_slot_repeats=0)
+
+
+def test_context_slot_shuffle_permutes_the_items_of_the_chosen_fraction(tmp_path, ptok):
+    """slots.json-style string contexts: with context_slot_shuffle 0.5, half of the slots keep their
+    layout and half hold the same items in another order (seeded, so the same on every build)."""
+    n = 40
+    anns = [{"image_id": f"i{k}", "caption": "Nodule."} for k in range(n)]
+    (tmp_path / "filter_cap.json").write_text(json.dumps({"annotations": anns}))
+    slots = {f"i{k}": " ".join(["nodule" if j == k % 9 else "o" for j in range(9)]) for k in range(n)}
+    (tmp_path / "slots.json").write_text(json.dumps(slots))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("<Img><ImageHere></Img> Describe.\n")
+
+    def built(fraction):
+        ds = build_summaries(str(tmp_path), ptok, prompt_path=str(prompts), context_file="slots.json",
+                             context_slot_shuffle=fraction)
+        return {c[0]: c[2][0][0].split("<Img>")[1].split("</Img>")[0] for c in ds.conversations}
+
+    assert built(0.0) == slots
+    shuffled = built(0.5)
+    assert shuffled == built(0.5)
+    assert all(sorted(shuffled[k].split()) == sorted(slots[k].split()) for k in slots)
+    moved = sum(shuffled[k] != slots[k] for k in slots)
+    assert n // 2 - 3 <= moved <= n // 2  # a permutation may leave the one word where it was
+    with pytest.raises(DatasetError, match=r"context_slot_shuffle must be in \[0, 1\], got 1.5"):
+        built(1.5)

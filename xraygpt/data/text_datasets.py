@@ -173,6 +173,7 @@ def build_summaries(
     context_slot_length: int = 0,
     context_slot_repeats: int = 1,
     context_slot_filler: str = "o",
+    context_slot_shuffle: float = 0.0,
 ) -> ConversationDataset:
     """One conversation per summary of an XrayGPT `filter_cap.json` (images are not needed).
 
@@ -195,10 +196,16 @@ def build_summaries(
         context_slot_filler: the background item; it should be one token of the LLM's tokenizer
             (a warning says when it is not), so the slot lines up token for token with the
             image tokens that replace it in stages 1-2.
+        context_slot_shuffle: the fraction of summaries (chosen with `seed`) whose slot items are
+            put in a random order, so that where an item sits never suffices and the LLM must
+            read which word it is (for a slot laid out like the image, e.g. the embedded
+            default's slots.json, where position alone would say most findings).
     """
     annotations = read_annotations(Path(root) / ann_file)
     if max_samples > 0:
         annotations = annotations[:max_samples]
+    if not 0.0 <= context_slot_shuffle <= 1.0:
+        raise DatasetError(f"context_slot_shuffle must be in [0, 1], got {context_slot_shuffle}")
     if context_slot_repeats < 1:
         raise DatasetError(f"context_slot_repeats must be >= 1, got {context_slot_repeats}")
     if context_file and context_slot_length > 0:
@@ -208,6 +215,8 @@ def build_summaries(
                            "up with the image tokens", context_slot_filler, pieces)
     contexts = (_read_context(Path(root), context_file, context_slot_length, seed, context_slot_repeats,
                               context_slot_filler) if context_file else None)
+    if contexts is not None and context_slot_shuffle > 0:
+        contexts = _shuffle_slots(contexts, context_slot_shuffle, seed)
     instructions = load_instructions(prompt_path)
     if contexts is None:
         instructions = [_text_only(i) for i in instructions]
@@ -228,6 +237,20 @@ def build_summaries(
             instruction = instruction.replace(IMAGE_PLACEHOLDER, contexts[cid])
         candidates.append((cid, "", [(instruction, re.sub(r"\s+", " ", caption).strip())]))
     return _finalise(f"summaries {root}", candidates, skipped, len(annotations), prompt_tokenizer, max_len)
+
+
+def _shuffle_slots(contexts: dict[str, str], fraction: float, seed: int) -> dict[str, str]:
+    """`contexts` with the space-separated items of round(fraction * n) of them (seeded) permuted."""
+    rng = random.Random(f"slot-shuffle:{seed}")
+    keys = sorted(contexts)
+    chosen = set(rng.sample(keys, int(round(fraction * len(keys)))))
+    out = {}
+    for key in keys:
+        items = contexts[key].split(" ")
+        if key in chosen:
+            rng.shuffle(items)
+        out[key] = " ".join(items)
+    return out
 
 
 def _read_context(root: Path, context_file: str, slot_length: int = 0, seed: int = 0,
