@@ -16,8 +16,9 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
    generated nothing).  An image that does not decode is skipped and counted (the dataset would
    otherwise substitute the next sample);
 3. on rank 0, after every rank finished: merges the parts into predictions.jsonl, writes
-   predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins`), and
-   returns the metrics table; other ranks return None.
+   predictions.csv / references.csv and metrics.json (`report_metrics` + `plugins` on the
+   summaries; `vqa_metrics` in its `vqa` entry on the questions of VQA sources, whose rows carry
+   the sample's `vqa` fields), and returns the metrics table; other ranks return None.
 
 Outputs are described in `xraygpt.evaluation.predictions` and `report_metrics`.
 """
