@@ -25,7 +25,7 @@ from xraygpt.cli import ERRORS, add_config_arguments, add_model_argument, startu
 from xraygpt.ui.settings import demo_settings  # noqa: E402
 
 # demo.<key> set by the flag of the same name when given
-FLAGS = ("host", "port", "auth_file", "concurrency_limit")
+FLAGS = ("host", "port", "auth_file", "concurrency_limit", "language")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (demo.share)")
     parser.add_argument("--auth-file", help="file of user:password lines; asks for a login (demo.auth_file)")
     parser.add_argument("--concurrency-limit", type=int, help="answers generated at once (demo.concurrency_limit)")
+    parser.add_argument("--language", help="answer language the demo opens with, e.g. en or zh (demo.language)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for start-up errors")
     args = parser.parse_args(argv)
     if args.cfg_path is None and args.model is None:
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         settings = demo_settings(cfg)
         settings.auth()  # a bad auth file fails here, before the model loads
+        settings.summary_instructions()  # and a language without prompts
         model = builders.build_model(cfg.model).to(runtime.resolve_device(settings.device)).eval()
     except ERRORS as exc:
         return startup_error(exc, args.debug)

@@ -15,7 +15,9 @@ through `decode_partial_answer`.
 Instructions are per language (`xraygpt.languages`): English ones in the file a config names
 (`prompts/alignment.txt`), those of language L in the folder L beside it
 (`prompts/zh/alignment.txt`): `instruction_file(path, language)`.  A language without that file
-is refused in one line naming it (`load_language_instructions`).  `summary_instruction` is the
+is refused in one line naming it (`load_language_instructions`).  A relative path is read from the
+working directory, or, when it is not there, from the project folder this package sits in (so
+`prompts/...` is found by a demo or server started elsewhere).  `summary_instruction` is the
 first instruction of a language's file without its image tag: what the demo asks for a summary.
 """
 
@@ -33,6 +35,9 @@ from xraygpt.constants import (
     IMAGE_TOKEN_ID,
 )
 
+
+# The folder the package sits in: a relative prompt path missing from the working directory is looked up here.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # How an instruction carries the image, as in every line of prompts/*.txt.
 IMAGE_TAG = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
@@ -78,10 +83,19 @@ def instruction_file(path: str | os.PathLike, language: str = DEFAULT_LANGUAGE) 
     return file.parent / language / file.name
 
 
+def locate(path: str | os.PathLike) -> Path:
+    """`path`, or for a relative path absent from the working directory, the same path in PROJECT_DIR
+    when it exists there."""
+    file = Path(path)
+    if not file.is_absolute() and not file.exists() and (PROJECT_DIR / file).exists():
+        return PROJECT_DIR / file
+    return file
+
+
 def load_language_instructions(path: str | os.PathLike, language: str = DEFAULT_LANGUAGE) -> list[str]:
-    """`load_instructions(instruction_file(path, language))`; a language whose file is missing is
-    refused in one line naming the file."""
-    file = instruction_file(path, language)
+    """`load_instructions(instruction_file(path, language))`, the file found by `locate`; a language
+    whose file is missing is refused in one line naming the file."""
+    file = locate(instruction_file(path, language))
     if language != DEFAULT_LANGUAGE and not file.is_file():
         raise PromptFileError(f"no prompts for language {language!r}: {file} does not exist (write one instruction "
                               f"per line there, each holding {IMAGE_PLACEHOLDER} once, like {Path(path)})")

@@ -3,8 +3,9 @@
 Written here from the published definitions because the reference implementation,
 coco-caption (pycocoevalcap), needs Java for its PTB tokenizer; report-generation papers
 (R2Gen and those after it) skip that tokenizer and score R2Gen-normalised text
-(`xraygpt.evaluation.text.r2gen_tokens`), which is what the callers here pass in.  One
-reference per sample.
+(`xraygpt.evaluation.text.r2gen_tokens`), which is what the callers here pass in for English;
+for another language they pass `text.metric_tokens` (each CJK character a token, or jieba
+words), so that Chinese n-grams are characters, not whole sentences.  One reference per sample.
 
 BLEU (Papineni et al., 2002), corpus level with coco-caption's conventions: for n = 1..4,
 p_n = (sum of clipped n-gram matches + 1e-15) / (sum of hypothesis n-grams + 1e-9) over the

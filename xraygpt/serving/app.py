@@ -15,7 +15,10 @@ parsed, image decoded and prompt built in a worker thread (400 for what cannot b
 (`PromptTokenizer.encode_dialogue`): earlier user/assistant messages are earlier turns, the image
 leads the question of the message that carries it; a system message replaces `model.prompt.system`.
 A prompt over `serve.max_prompt_tokens`, or whose `max_tokens` do not fit the context window, is
-refused (400 `context_length_exceeded`), never cut.  Every error is OpenAI's error JSON.  A
+refused (400 `context_length_exceeded`), never cut.  A request's `language` (one of
+`serve.languages`) makes an image-only user message ask for a summary in that language; a language
+that is not served, or whose prompts file is missing, is refused (400, naming the file).  Every
+error is OpenAI's error JSON.  A
 client that goes away (mid-stream or while waiting) has its generation ended at the next token.
 """
 
@@ -36,6 +39,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xraygpt.data.transforms import MedCLIPImageEval
+from xraygpt.prompting import summary_instruction
 from xraygpt.models.generation import GenerationSettingsError
 from xraygpt.serving import protocol
 from xraygpt.serving.batcher import Batcher, Job, QueueFull
@@ -90,6 +94,23 @@ class ChatService:
         self.context_window = settings.context_window or model.llm.config.max_position_embeddings
         self.max_prompt_tokens = min(settings.max_prompt_tokens or self.context_window, self.context_window)
         self._encode_lock = threading.Lock()
+        self._summaries: dict[str, str] = {}
+
+    def summary_instruction(self, language: str | None) -> str | None:
+        """The summary instruction of a request's `language` (None without one), or APIError 400 for a
+        language not in serve.languages or without its prompts file.  Read once per language."""
+        if language is None:
+            return None
+        if language not in self.settings.languages:
+            raise APIError(400, f"language {language!r} is not served (serve.languages: "
+                                f"{', '.join(self.settings.languages)})", param="language", code="invalid_value")
+        if language not in self._summaries:
+            try:
+                self._summaries[language] = summary_instruction(self.settings.prompt_path, language)
+            except ValueError as exc:  # PromptFileError: no prompts for this language
+                logger.warning("language %s: %s", language, exc)
+                raise APIError(400, f"language {language!r}: {exc}", param="language", code="invalid_value") from None
+        return self._summaries[language]
 
     def prepare(self, body: bytes) -> tuple[protocol.ChatRequest, Job]:
         """(request, job without its event loop), or APIError.  Runs in a worker thread (decoding is slow)."""
@@ -98,7 +119,8 @@ class ChatService:
         if request.model != s.model_name:
             raise APIError(404, f"the model {request.model!r} does not exist on this server (it serves "
                                 f"{s.model_name!r})", param="model", code="model_not_found")
-        chat = protocol.conversation(request, self.prompt_tokenizer.format.end_sym)
+        chat = protocol.conversation(request, self.prompt_tokenizer.format.end_sym,
+                                     self.summary_instruction(request.language))
         try:  # the values are checked before the image is decoded
             s.generation(request.answer_tokens or 1, request.temperature, request.top_p)
         except GenerationSettingsError as exc:

@@ -5,7 +5,11 @@
 into a `Conversation`: an optional system text, the (question, answer) turns of the training
 template with the image put before the question of the user message that carries it
 (`prompting.with_image`), and that image's URL.  Consecutive messages of one role are joined
-with a newline.  Every refusal is an `APIError` holding OpenAI's error JSON
+with a newline.  A request may name its `language` (an extra field, e.g. `extra_body={"language":
+"zh"}` with OpenAI's client): a user message carrying the image and no text is then asked the
+summary instruction of that language (`conversation(..., summary_instruction=...)`); without
+`language` such a message is refused.  A question in words is the user's own, in whatever
+language it is written; the model answers in the language it is asked in.  Every refusal is an `APIError` holding OpenAI's error JSON
 (`{"error": {"message", "type", "param", "code"}}`) and its HTTP status.
 
 `completion(...)` and `chunk(...)` write a `chat.completion` and a `chat.completion.chunk`.
@@ -100,6 +104,7 @@ class ChatRequest(_Strict):
     presence_penalty: Optional[Literal[0, 0.0]] = None
     logprobs: Optional[Literal[False]] = None
     user: Optional[str] = None
+    language: Optional[str] = None  # not OpenAI's: the language of an image-only message's summary
 
     @property
     def answer_tokens(self) -> int | None:
@@ -197,8 +202,11 @@ def _check_reserved(text: str, param: str, end_sym: str) -> None:
                                 "please rephrase without it", param=param, code="invalid_value")
 
 
-def conversation(request: ChatRequest, end_sym: str) -> Conversation:
-    """The request's messages as a Conversation, or APIError saying what is wrong (see module docstring)."""
+def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | None = None) -> Conversation:
+    """The request's messages as a Conversation, or APIError saying what is wrong (see module docstring).
+
+    `summary_instruction` (the request's language's, when it names one) stands for the missing text
+    of the user message that carries the image."""
     if not request.messages:
         raise APIError(400, "messages is empty: send at least one user message with a chest X-ray",
                        param="messages", code="invalid_value")
@@ -241,8 +249,11 @@ def conversation(request: ChatRequest, end_sym: str) -> Conversation:
     out = []
     for turn in turns:
         question = "\n".join(t for t in turn.question if t.strip()).strip()
+        if not question and turn is image_turn and summary_instruction:
+            question = summary_instruction
         if not question:
-            raise APIError(400, f"messages[{turn.index}] has no text: please ask a question about the image",
+            raise APIError(400, f"messages[{turn.index}] has no text: please ask a question about the image (or "
+                                "send \"language\", e.g. \"en\" or \"zh\", to have it summarised)",
                            param=f"messages[{turn.index}].content", code="invalid_value")
         answer = None if turn.answer is None else "\n".join(turn.answer).strip()
         out.append((with_image(question) if turn is image_turn else question, answer))

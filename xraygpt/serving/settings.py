@@ -15,6 +15,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt.config import load_config
+from xraygpt.languages import DEFAULT_LANGUAGE, check_language
 from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
 
 # The generation defaults requests start from (defined once, in GenerationSettings).
@@ -50,6 +51,11 @@ class ServeSettings:
         max_body_mb: larger request bodies are refused with 413.
         max_image_pixels, min_image_side: images with more pixels, or a shorter side, are refused
             (checked from the header, before decoding).
+        languages: the values a request's `language` may take; a user message with an image and no
+            text is then answered as the first instruction of that language's prompts file (beside
+            `prompt_path`, `xraygpt.prompting.summary_instruction`), read when first asked for.
+        prompt_path: the English instruction file (a relative path: from the working directory, else
+            from the project folder; `xraygpt.prompting.locate`).
     """
 
     host: str = "127.0.0.1"
@@ -70,8 +76,12 @@ class ServeSettings:
     max_body_mb: float = 64.0
     max_image_pixels: int = 50_000_000
     min_image_side: int = 32
+    languages: tuple[str, ...] = (DEFAULT_LANGUAGE, "zh")
+    prompt_path: str = "prompts/alignment.txt"
 
     def __post_init__(self):
+        for code in self.languages:
+            check_language(code, "serve.languages")
         for key in ("max_batch_size", "max_queue", "max_image_pixels", "min_image_side", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise ValueError(f"serve.{key} must be at least 1, got {getattr(self, key)}")
@@ -126,4 +136,5 @@ def load_serve_config(cfg_path: str | Path, options: list[str] | None = None) ->
 
 def serve_settings(cfg: DictConfig) -> ServeSettings:
     """The `serve` section of a loaded config as a ServeSettings."""
-    return ServeSettings(**OmegaConf.to_container(cfg.serve, resolve=True))
+    section = OmegaConf.to_container(cfg.serve, resolve=True)
+    return ServeSettings(**{**section, "languages": tuple(section["languages"])})

@@ -1,11 +1,14 @@
 """The Gradio 6 chat UI over one shared model: `build_app(model, settings)`, `launch(app, settings)`.
 
 Layout: the research-use disclaimer; on the left the upload (`gr.File`, so that any file reaches
-our checks: PNG/JPEG, DICOM with pydicom), a preview, Summarise / Reset, the generation controls
-and example images; on the right a messages-format `gr.Chatbot` and the question box.
+our checks: PNG/JPEG, DICOM with pydicom), a preview, Summarise / Reset, the answer language,
+the generation controls and example images; on the right a messages-format `gr.Chatbot` and the
+question box.
 
 Events (also the gradio_client API): `/upload` (file -> preview, then the summary streamed when
-`auto_summary`), `/summarize`, `/ask` (question), `/reset`.  The model events share one queue
+`auto_summary`), `/summarize`, `/ask` (question), `/reset`, `/set_language` (the language control:
+later summaries are asked for in that language, with its summary question,
+`DemoSettings.summary_instructions`; follow-up questions are the user's own words).  The model events share one queue
 concurrency group of `concurrency_limit`; each user's `ChatSession` (image tokens + turns) and
 chat messages live in a `gr.State`.  Handlers never raise: bad input and failures become a chat
 message starting with `NOTICE` (failures are also logged with their traceback).
@@ -43,6 +46,7 @@ DISCLAIMER = (
     "clinical decision, and do not upload identifiable patient data."
 )
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+LANGUAGE_NAMES = {"en": "English", "zh": "中文"}  # the language control's labels (others show their code)
 PREVIEW_SIDE = 512
 
 
@@ -55,6 +59,7 @@ class UserState:
     """
 
     session: ChatSession
+    language: str
     messages: list[dict] = dataclasses.field(default_factory=list)
     busy: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -116,9 +121,12 @@ class Handlers:
     def __init__(self, model, settings: DemoSettings):
         self.model = model
         self.settings = settings
+        self.summary_instructions = settings.summary_instructions()  # a language without prompts stops here
 
     def _user(self, state: UserState | None) -> UserState:
-        return state if state is not None else UserState(ChatSession(self.model, self.settings.context_window))
+        if state is not None:
+            return state
+        return UserState(ChatSession(self.model, self.settings.context_window), self.settings.language)
 
     def _reply(self, user: UserState, question: str, controls: tuple) -> Iterator[str | None]:
         """Add `question` and its streamed answer to `user.messages`, yielding after each change.
@@ -183,13 +191,13 @@ class Handlers:
             user.messages.append(notice("Image loaded: press Summarise or ask a question."))
             yield list(user.messages), gr.skip(), gr.skip(), user
             return
-        for _ in self._reply(user, self.settings.summary_instruction, (temperature, num_beams, max_new_tokens)):
+        for _ in self._reply(user, self.summary_instructions[user.language], (temperature, num_beams, max_new_tokens)):
             yield list(user.messages), gr.skip(), gr.skip(), user
 
     @one_request_at_a_time
     def summarize(self, temperature: float, num_beams: int, max_new_tokens: int, user: UserState):
-        """Ask for a summary of the current image."""
-        for _ in self._reply(user, self.settings.summary_instruction, (temperature, num_beams, max_new_tokens)):
+        """Ask for a summary of the current image, in the user's language."""
+        for _ in self._reply(user, self.summary_instructions[user.language], (temperature, num_beams, max_new_tokens)):
             yield list(user.messages), gr.skip(), gr.skip(), user
 
     @one_request_at_a_time
@@ -197,6 +205,17 @@ class Handlers:
         """A follow-up question about the current image."""
         for box in self._reply(user, question, (temperature, num_beams, max_new_tokens)):
             yield list(user.messages), gr.skip(), gr.skip() if box is None else box, user
+
+    def set_language(self, language: str, state: UserState | None) -> UserState:
+        """The language control: later summaries are asked for in `language` (one of settings.languages;
+        anything else keeps the current language and is logged)."""
+        user = self._user(state)
+        if language in self.summary_instructions:
+            user.language = language
+        else:
+            logger.warning("language %r is not one of demo.languages (%s); kept %s", language,
+                           ", ".join(self.summary_instructions), user.language)
+        return user
 
     def reset(self, state: UserState | None):
         """Forget the image and the conversation (at any time: running requests are cancelled)."""
@@ -272,6 +291,9 @@ def build_app(model, settings: DemoSettings) -> gr.Blocks:
                 with gr.Row():
                     summarize = gr.Button("Summarise", variant="primary", elem_id="summarize")
                     reset = gr.Button("Reset", elem_id="reset")
+                language = gr.Radio([(LANGUAGE_NAMES.get(code, code), code) for code in settings.languages],
+                                    value=settings.language, label="Answer language", elem_id="language",
+                                    info="the language the summary is asked for in")
                 temperature = gr.Slider(0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature",
                                         info="0 = deterministic; higher = more varied")
                 num_beams = gr.Slider(1, 5, value=settings.num_beams, step=1, label="Beams",
@@ -297,6 +319,8 @@ def build_app(model, settings: DemoSettings) -> gr.Blocks:
             ask.click(handlers.ask, [question, *controls, state], api_name="ask", **shared),
             question.submit(handlers.ask, [question, *controls, state], api_visibility="private", **shared),
         ]
+        language.change(handlers.set_language, [language, state], [state], api_name="set_language",
+                        concurrency_limit=None, show_progress="hidden")
         clears = [chat, upload, preview, question, state]
         reset.click(handlers.reset, [state], clears, api_name="reset", cancels=events, concurrency_limit=None)
         for cleared in (chat, upload):  # the chat's bin and the upload's x also start over

@@ -15,7 +15,9 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from xraygpt.config import load_config
+from xraygpt.languages import DEFAULT_LANGUAGE, check_language
 from xraygpt.models.generation import GenerationSettings, GenerationSettingsError
+from xraygpt.prompting import summary_instruction
 
 # The generation defaults the demo's controls start from (defined once, in GenerationSettings).
 _GENERATION = GenerationSettings()
@@ -38,7 +40,14 @@ class DemoSettings:
             is complete instead of streaming); `GenerationSettings.from_controls` reads them.
         context_window: tokens the LLM attends to; 0 = the LLM's `max_position_embeddings`.
         auto_summary: summarise an image as soon as it is uploaded (else on the button).
-        summary_instruction: the question asked for a summary (the image is put before it).
+        summary_instruction: the question asked for an English summary (the image is put before it).
+        language: the answer language selected when the demo opens (the UI's language control
+            switches it per user): the summary question is asked in it.
+        languages: the languages the control offers; for each one but English the summary question
+            is the first instruction of its prompts file (`prompts/<language>/alignment.txt` beside
+            `prompt_path`); a language without that file stops the demo at start-up in one line.
+        prompt_path: the English instruction file the other languages' files sit beside (a relative
+            path: from the working directory, else from the project folder; `xraygpt.prompting.locate`).
         max_image_pixels, min_image_side: uploads with more pixels, or a shorter side, are refused.
         max_upload_mb: larger uploads are refused by the server before they are stored.
         examples: folders (or files) of example images; missing ones are skipped.
@@ -61,6 +70,9 @@ class DemoSettings:
     context_window: int = 0
     auto_summary: bool = True
     summary_instruction: str = "Describe the findings and impression of this chest X-ray."
+    language: str = DEFAULT_LANGUAGE
+    languages: tuple[str, ...] = (DEFAULT_LANGUAGE, "zh")
+    prompt_path: str = "prompts/alignment.txt"
     max_image_pixels: int = 50_000_000
     min_image_side: int = 32
     max_upload_mb: int = 200
@@ -77,6 +89,10 @@ class DemoSettings:
             raise ValueError(f"demo.port must be in 0..65535, got {self.port}")
         if self.context_window < 0:
             raise ValueError(f"demo.context_window must be 0 or more, got {self.context_window}")
+        for code in (self.language, *self.languages):
+            check_language(code, "demo.language" if code == self.language else "demo.languages")
+        if self.language not in self.languages:
+            raise ValueError(f"demo.language {self.language!r} is not one of demo.languages ({', '.join(self.languages)})")
         try:
             self.generation()
         except GenerationSettingsError as exc:
@@ -85,6 +101,12 @@ class DemoSettings:
     def generation(self) -> GenerationSettings:
         """The generation settings the demo's controls start from."""
         return GenerationSettings.from_controls(self.max_new_tokens, self.num_beams, self.temperature)
+
+    def summary_instructions(self) -> dict[str, str]:
+        """{language: the question asking for a summary in it} for each of `languages` (English:
+        `summary_instruction`); PromptFileError naming the file of a language without prompts."""
+        return {code: self.summary_instruction if code == DEFAULT_LANGUAGE else summary_instruction(self.prompt_path, code)
+                for code in self.languages}
 
     def auth(self) -> list[tuple[str, str]] | None:
         """The (user, password) pairs of `auth_file`, or None without one."""
@@ -114,4 +136,4 @@ def load_demo_config(cfg_path: str | Path, options: list[str] | None = None) -> 
 def demo_settings(cfg: DictConfig) -> DemoSettings:
     """The `demo` section of a loaded config as a DemoSettings."""
     section = OmegaConf.to_container(cfg.demo, resolve=True)
-    return DemoSettings(**{**section, "examples": tuple(section["examples"])})
+    return DemoSettings(**{**section, "examples": tuple(section["examples"]), "languages": tuple(section["languages"])})
