@@ -13,7 +13,8 @@ import evaluate
 from conftest import REPO, run_torchrun, tiny_config, write_yaml
 from xraygpt.training.checkpoint import atomic_save
 
-EVAL_YAMLS = sorted(p for p in (REPO / "eval_configs").glob("*.yaml") if not p.name.startswith("demo"))
+# evaluation configs (demo and serve configs, in the same folder, are checked by test_config.py)
+EVAL_YAMLS = sorted(p for p in (REPO / "eval_configs").glob("*.yaml") if not p.name.startswith(("demo", "serve")))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
