@@ -253,6 +253,30 @@ def test_a_chinese_stage2_on_the_shared_summaries_trains_evaluates_and_answers(t
     assert chat[0] == {"role": "user", "content": ZH_SUMMARY} and chat[1]["role"] == "assistant"
 
 
+@needs_shared
+def test_the_mixed_english_and_chinese_config_trains_on_the_shared_data(tiny_assets, tmp_path):
+    """train_configs/stage2_en_zh.yaml's datasets section, pointed at the shared sample, through train.py."""
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "train_configs" / "stage2_en_zh.yaml").read_text())["datasets"]
+    assert set(shipped) == {"openi", "openi_zh"} and shipped["openi_zh"]["language"] == "zh"
+    processor = {"name": "medclip_image_eval", "image_size": 112}
+    datasets = {}
+    for name, section in shipped.items():
+        section = dict(section, root=str(SHARED_OPENI), eval_root=str(SHARED_OPENI), prompt_path=str(PROMPTS),
+                       vis_processor={"train": processor, "eval": processor})
+        if "ann_file" in section:
+            section["ann_file"] = "filter_cap_zh.json"  # beside the shared sample's images, not in ../
+        datasets[name] = section
+    cfg = dict(tiny_config(tiny_assets, tmp_path / "mixed", iters_per_epoch=2, batch_size_train=4,
+                           sample_generations=0), datasets=datasets)
+    cfg["model"]["prompt"]["max_txt_len"] = 160
+    assert train.main(["--cfg-path", str(write_yaml(cfg, tmp_path / "mixed.yaml"))]) == 0
+    records = [json.loads(line) for line in (tmp_path / "mixed" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
 # ------------------------------------------------------------------------------------------- demo
 @pytest.fixture(scope="module")
 def tiny_model(tiny_model_factory):
