@@ -31,6 +31,7 @@ from xraygpt.data.shards import ShardDataset
 from xraygpt.data.transforms import ImagePreprocessing
 from xraygpt.errors import first_line
 from xraygpt.evaluation import evaluator
+from xraygpt.models.assemble import assemble_model
 from xraygpt.models.model_folder import read_model_section, read_projection
 from xraygpt.ui.settings import demo_settings, load_demo_config
 from xraygpt.serving.settings import load_serve_config, serve_settings
@@ -69,17 +70,9 @@ def build_model(model_cfg: Any, seed: int = 0):
     components.register_all()
     torch.manual_seed(seed)
     kwargs = _kwargs(model_cfg)
-    cls = registry.get("model", kwargs.pop("arch"))
-    ckpt = kwargs.pop("ckpt", None)
-    for name, builder in getattr(cls, "CONFIG_SECTIONS", {}).items():
-        built = builder(**kwargs.pop(name))
-        if name == "llm":
-            kwargs["llm"], kwargs["tokenizer"] = built
-        elif name == "prompt":
-            kwargs["prompt_format"] = built
-        else:
-            kwargs[name] = built
-    model = cls(**kwargs)
+    cls = registry.get("model", kwargs["arch"])
+    ckpt = kwargs.get("ckpt")
+    model = assemble_model(cls, kwargs)
     if ckpt:
         model.load_trainable_state_dict(read_trainable_weights(ckpt, model.trainable_state_dict()), ckpt)
         logger.info("initialised trainable weights from %s", ckpt)

@@ -195,18 +195,12 @@ def build_from_folder(cls, folder: str | os.PathLike):
     trained weights loaded: what `builders.build_model` does with the folder's section (the builders
     sit above the model classes, so `from_pretrained` comes here)."""
     from xraygpt import registry
+    from xraygpt.models.assemble import assemble_model
 
     section = read_model_section(folder)
     if registry.get("model", section["arch"]) is not cls:
         raise ModelFolderError(f"{Path(folder) / MODEL_FILE}: model.arch {section['arch']} is not {cls.__name__}")
-    kwargs = {k: v for k, v in section.items() if k not in ("arch", "ckpt")}
-    for name, builder in cls.CONFIG_SECTIONS.items():
-        built = builder(**kwargs.pop(name))
-        if name == "llm":
-            kwargs["llm"], kwargs["tokenizer"] = built
-        else:
-            kwargs["prompt_format" if name == "prompt" else name] = built
-    model = cls(**kwargs)
+    model = assemble_model(cls, section)
     model.load_trainable_state_dict(read_projection(section["ckpt"]), section["ckpt"])
     logger.info("loaded %s from %s", cls.__name__, folder)
     return model
