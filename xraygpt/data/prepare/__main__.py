@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     openi.add_argument("--fractions", type=float, nargs=3, default=[0.7, 0.1, 0.2], metavar=("TRAIN", "VAL", "TEST"),
                        help="split fractions of the reports (default 0.7 0.1 0.2)")
     openi.add_argument("--seed", type=int, default=0, help="seed of the split by report")
+    openi.add_argument("--projections", default=None, metavar="FILE",
+                       help="uid,filename,projection CSV (e.g. indiana_projections.csv): the images' views "
+                            "in studies.jsonl (default: unknown)")
     add_layout_options(openi)
 
     shards = sub.add_parser("shards", help="a JSON-format dataset -> webdataset shards")
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                   not args.no_verify_images, summarizer)
         elif args.command == "openi":
             stats = prepare_openi(Path(args.reports), Path(args.images), out, tuple(args.fractions), args.seed,
-                                  args.image_mode, not args.no_verify_images, summarizer)
+                                  args.image_mode, not args.no_verify_images, summarizer,
+                                  Path(args.projections) if args.projections else None)
         else:
             stats = prepare_shards(args.format, Path(args.root), out, args.split, args.ann_file, args.image_dir,
                                    args.maxcount, args.maxsize_mb * 1_000_000, not args.no_verify_images)

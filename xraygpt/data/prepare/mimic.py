@@ -4,7 +4,8 @@ Input:
     <reports>/files/pXX/pNNNNNNNN/sNNNNNNNN.txt              one report per study (free text)
     <images>/files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg     pXX: the subject id's first 2 digits
                                                               (or <dicom_id>.dcm: the DICOM release)
-    <images>/mimic-cxr-2.0.0-metadata.csv[.gz]                dicom_id, subject_id, study_id, ViewPosition, ...
+    <images>/mimic-cxr-2.0.0-metadata.csv[.gz]                dicom_id, subject_id, study_id, ViewPosition,
+                                                              StudyDate, StudyTime (optional: the priors), ...
     <images>/mimic-cxr-2.0.0-split.csv[.gz]                   dicom_id, ..., split (train / validate / test)
 
 One sample per image (dicom_id), captioned by its study's report (report id `s<study_id>`,
@@ -14,14 +15,12 @@ name: `xraygpt.data.paths.safe_name`) -> id unique (the
 first row is kept) -> report kept -> in the split file (one split per image; conflicting rows
 drop it) -> frontal (ViewPosition PA or AP; only with `frontal_only`) -> file exists -> header
 readable.  The split is the official one (by patient); a subject found in two splits is
-logged.
+logged.  The study files (`xraygpt.data.prepare.study_files`) take each image's view from
+ViewPosition and each study's prior from StudyDate + StudyTime within its subject.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -29,12 +28,14 @@ from pathlib import Path
 from xraygpt.data.paths import UnsafePath, safe_name
 from xraygpt.data.prepare.llm_summary import LLMSummarizer
 from xraygpt.data.prepare.pipeline import (
-    ImageRef, PrepareError, Report, check_image_files, check_output_dir, image_file, images_of_kept_reports,
+    ImageRef, PrepareError, Report, check_image_files, check_output_dir, image_file, images_of_kept_reports, read_csv,
     reports_with_images, summarise, write_layout,
 )
 from xraygpt.data.prepare.sections import parse_report
 from xraygpt.data.prepare.splits import MIMIC_SPLIT_NAMES, leaked_groups
 from xraygpt.data.prepare.stats import PrepareStats
+from xraygpt.data.prepare.study_files import StudySource, parse_study_time
+from xraygpt.data.studies import canonical_view
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +51,6 @@ def find_csv(folder: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise PrepareError(f"{folder / name} (or .gz) does not exist")
-
-
-def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a (possibly gzipped) CSV file that must have `columns`."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    try:
-        reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PrepareError(f"{path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
-        return list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise PrepareError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
 
 
 def read_mimic_report(report_id: str, path: Path | None, images: list[ImageRef]) -> Report:
@@ -99,6 +87,7 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
 
     images: list[ImageRef] = []
     view, subject_of = {}, {}
+    source = StudySource()
     for line, row in enumerate(rows, start=2):
         dicom, subject, study = (row[k].strip() for k in ("dicom_id", "subject_id", "study_id"))
         if not (dicom and subject.isdigit() and study.isdigit()):
@@ -113,6 +102,7 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
         images.append(ImageRef(dicom, path, f"s{study}"))
         view.setdefault(dicom, (row["ViewPosition"] or "").strip())
         subject_of.setdefault(dicom, subject)
+        study_source_row(source, dicom, subject, f"s{study}", row)
     seen: set[str] = set()
 
     def row_problem(image: ImageRef) -> str | None:
@@ -153,4 +143,20 @@ def prepare_mimic(reports_root: Path, images_root: Path, out: Path, frontal_only
         logger.warning("mimic: %d subjects have images in two splits of the split file, first: %s", len(leaks),
                        ", ".join(sorted(leaks)[:5]))
     logger.info("mimic: %d reports, %d images kept", len(kept), sum(len(r.images) for r in kept))
-    return write_layout(out, kept, lambda im: official[im.image_id], image_mode, stats)
+    return write_layout(out, kept, lambda im: official[im.image_id], image_mode, stats, source)
+
+
+def study_source_row(source: StudySource, dicom: str, subject: str, report_id: str, row: dict[str, str]) -> None:
+    """Add one valid metadata row to the study files' source: the image's view (`ViewPosition`:
+    empty is `unknown`), the study's subject (a study whose rows name two subjects is counted and
+    gets no prior) and time (`StudyDate` + `StudyTime`, optional columns; the first row that
+    parses gives it)."""
+    source.views.setdefault(dicom, canonical_view(row.get("ViewPosition") or ""))
+    known = source.subjects.setdefault(report_id, subject)
+    if known != subject and report_id not in source.ambiguous:
+        source.ambiguous.add(report_id)
+        source.problems["study under two subjects"] += 1
+    if report_id not in source.times:
+        when = parse_study_time(row.get("StudyDate") or "", row.get("StudyTime") or "")
+        if when is not None:
+            source.times[report_id] = when

@@ -15,14 +15,21 @@ Output, one folder per split (train, val, test) in XrayGPT's layout plus the raw
                                     (re-summarise with any LLM); each edit is one source sentence
                                     the summary changed: {"rules": [...], "before": ..., "after":
                                     the summary's sentence, "" when removed, "reason": why removed}
+    <out>/<split>/studies.jsonl     one study record per report (images with views, indication,
+                                    comparison, sections, summary, prior study):
+                                    `xraygpt.data.prepare.study_files`
     <out>/stats.json                see `xraygpt.data.prepare.stats`
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
+import io
 import json
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -36,6 +43,7 @@ from xraygpt.data.prepare.llm_summary import LLMSummarizer, apply_llm_summaries
 from xraygpt.data.prepare.sections import remove_controls
 from xraygpt.data.prepare.splits import SPLITS
 from xraygpt.data.prepare.stats import PrepareStats
+from xraygpt.data.prepare.study_files import StudySource, study_record, write_study_files
 
 # --image-mode: how a prepared split holds its images (symbolic links to the source, or copies)
 IMAGE_STORAGE_MODES = ("link", "copy")
@@ -66,6 +74,19 @@ class Report:
     summary: str = ""
     edits: list[dict] = dataclasses.field(default_factory=list)
     summarizer: str = "rule"
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a (possibly gzipped) CSV file that must have `columns`."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PrepareError(f"{path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
+        return list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise PrepareError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
 
 
 def check_output_dir(out: Path) -> None:
@@ -147,13 +168,17 @@ def reports_with_images(reports: list[Report], images: list[ImageRef], stats: Pr
 
 
 def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef], str], image_mode: str,
-                 stats: PrepareStats) -> dict:
-    """Write the per-split folders and stats.json (see module docstring); returns the stats content."""
+                 stats: PrepareStats, source: StudySource | None = None) -> dict:
+    """Write the per-split folders and stats.json (see module docstring); returns the stats content.
+    `source`: the views, subjects and study times of the study files (none known by default)."""
     if image_mode not in IMAGE_STORAGE_MODES:
         raise PrepareError(f"unknown image mode {image_mode!r}; known: {', '.join(IMAGE_STORAGE_MODES)}")
+    source = source if source is not None else StudySource()
+    studies: dict[str, list] = {}
     for split in SPLITS:
         annotations, split_reports = [], {}
         image_dir = out / split / "image"
+        studies[split] = []
         for report in reports:
             images = [im for im in report.images if split_of(im) == split]
             if not images:
@@ -162,6 +187,7 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
             split_reports[report.report_id] = {"sections": report.sections, "summary": report.summary,
                                                "image_ids": [im.image_id for im in images], "summarizer": report.summarizer,
                                                "edits": report.edits}
+            targets = []
             for image in images:
                 annotations.append({"image_id": image.image_id, "caption": report.summary, "report_id": report.report_id})
                 target = image_dir / safe_name(f"{image.image_id}{image.path.suffix.lower()}")
@@ -169,9 +195,13 @@ def write_layout(out: Path, reports: list[Report], split_of: Callable[[ImageRef]
                     target.symlink_to(image.path.resolve())
                 else:
                     shutil.copyfile(image.path, target)
+                targets.append((image.image_id, target))
+            studies[split].append(study_record(report.report_id, report.sections, report.summary, targets, source))
         if annotations:
             (out / split / "filter_cap.json").write_text(json.dumps({"annotations": annotations}, indent=1, ensure_ascii=False))
             (out / split / "reports.json").write_text(json.dumps(split_reports, indent=1, ensure_ascii=False))
             stats.outputs[split] = {"reports": len(split_reports), "images": len(annotations)}
+    report_drops = Counter(d["reason"].split(": ")[0] for d in stats.dropped if d["unit"] == "report")
+    stats.studies = write_study_files(out, studies, source, report_drops)
     stats.fidelity = fidelity_table([source_text(r.sections) for r in reports], [r.summary for r in reports])
     return stats.write(out / "stats.json")

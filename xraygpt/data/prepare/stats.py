@@ -11,6 +11,8 @@
      "control_characters_removed": {"reports": 2, "characters": 5},   NUL, ESC, bidi controls, ...
      "llm": {"llm summary used": 90, "rule summary kept: lost Edema": 3, "generated": 93, ...}
                                           (only with --summarizer llm: `xraygpt.data.prepare.llm_summary`)
+     "studies": {"studies": 97, "images_per_study": {"1": 12, "2": 85}, "views": {...}, "with_prior": 0, ...},
+                                          (mimic and openi: the study files, `xraygpt.data.prepare.study_files`)
      "outputs": {"train": {"reports": 68, "images": 131}, ...},
      "dropped": [{"unit": "report", "id": "1384", "reason": "findings shorter than 10 words"}, ...]}
 
@@ -48,6 +50,7 @@ class PrepareStats:
         self.llm: Counter[str] = Counter()
         self.control_characters: Counter[str] = Counter()
         self.outputs: dict[str, dict[str, int]] = {}
+        self.studies: dict | None = None
         self._first_in: dict[str, int] = {}
         self._last_out: dict[str, int] = {}
 
@@ -92,6 +95,7 @@ class PrepareStats:
             **({"llm": dict(self.llm.most_common())} if self.llm else {}),
             "control_characters_removed": {"reports": self.control_characters["reports"],
                                            "characters": self.control_characters["characters"]},
+            **({"studies": self.studies} if self.studies is not None else {}),
             "outputs": self.outputs, "dropped": self.dropped,
         }
 
@@ -117,4 +121,10 @@ def summary_lines(data: dict) -> list[str]:
         lines += [f"  dropped {unit}s, {reason}: {n}" for reason, n in counts.items()]
     lines += [f"  {split}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
               for split, counts in data["outputs"].items()]
+    if "studies" in data:
+        studies = data["studies"]
+        lines.append(f"studies: {studies['studies']} ({studies['with_prior']} with a prior, "
+                     f"{studies['without_indication']} without indication); images per study "
+                     + ", ".join(f"{n}: {count}" for n, count in studies["images_per_study"].items())
+                     + "; views " + ", ".join(f"{view} {n}" for view, n in studies["views"].items()))
     return lines
