@@ -98,7 +98,7 @@ def test_config_schemas_and_the_demo_take_their_defaults_from_the_object():
 
 def test_no_generation_default_is_written_outside_the_settings_object():
     """A literal default for a generation setting anywhere in the library (a signature or a class field)
-    would be a second source.  Not scanned: report preparation's own LLM summarizer (data/prepare, another
+    would be a second source (None is not one: it says "not given", e.g. an API request's absent field).  Not scanned: report preparation's own LLM summarizer (data/prepare, another
     job) and the embedded default, an application that picks its own settings for its tiny model."""
     found = []
     for path in (REPO / "xraygpt").rglob("*.py"):
@@ -110,9 +110,9 @@ def test_no_generation_default_is_written_outside_the_settings_object():
                 pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
                 pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
                 found += [f"{path.name}:{node.name}({a.arg})" for a, d in pairs
-                          if a.arg in FIELDS and isinstance(d, ast.Constant)]
+                          if a.arg in FIELDS and isinstance(d, ast.Constant) and d.value is not None]
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if node.target.id in FIELDS and isinstance(node.value, ast.Constant):
+                if node.target.id in FIELDS and isinstance(node.value, ast.Constant) and node.value.value is not None:
                     found.append(f"{path.name}:{node.target.id}")
     assert found == []
 
