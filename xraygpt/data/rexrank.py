@@ -37,7 +37,7 @@ from typing import Any
 from xraygpt.data.paths import UnsafePath, confined
 from xraygpt.data.studies import (
     UNKNOWN_VIEW, StudyFile, StudyFileError, StudyImage, StudyRecord, canonical_view, finish_reading, load_file,
-    order_images, text_value,
+    order_images, text_value, unique_records,
 )
 
 
@@ -176,16 +176,6 @@ def read_rexrank(path: Path, image_root: Path | None = None, check_image_files: 
                              f"or a list of records, was expected (got {type(data).__name__})")
     dropped: Counter[str] = Counter()
     problems: Counter[str] = Counter()
-    records: list[StudyRecord] = []
-    seen: set[str] = set()
-    for study_id, entry in entries:
-        record, reason = _rexrank_record(study_id, entry, root, problems)
-        if record is None:
-            dropped[reason] += 1
-        elif record.study_id in seen:
-            dropped["duplicate study id"] += 1
-        else:
-            seen.add(record.study_id)
-            records.append(record)
+    records = unique_records((_rexrank_record(study_id, entry, root, problems) for study_id, entry in entries), dropped)
     return finish_reading(path, len(entries), records, dropped, problems, verify_images, check_image_files)
 

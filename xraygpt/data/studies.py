@@ -292,16 +292,27 @@ def read_studies(path: Path, check_image_files: bool = True, verify_images: bool
     folder = path.parent
     dropped: Counter[str] = Counter()
     problems: Counter[str] = Counter()
+    lines = [line for line in load_file(path, lines=True) if line.strip()]
+
+    def parsed():
+        for line in lines:
+            try:
+                data = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                yield None, "malformed line"
+                continue
+            yield _stored_record(data, folder, problems)
+
+    records = unique_records(parsed(), dropped)
+    return finish_reading(path, len(lines), records, dropped, problems, verify_images, check_image_files)
+
+
+def unique_records(candidates, dropped: Counter[str]) -> list[StudyRecord]:
+    """The records of `candidates` ((record, "") or (None, why dropped) pairs), each study id once;
+    every drop (its reason, or "duplicate study id") counted in `dropped`."""
     records: list[StudyRecord] = []
     seen: set[str] = set()
-    lines = [line for line in load_file(path, lines=True) if line.strip()]
-    for number, line in enumerate(lines, start=1):
-        try:
-            data = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            dropped["malformed line"] += 1
-            continue
-        record, reason = _stored_record(data, folder, problems)
+    for record, reason in candidates:
         if record is None:
             dropped[reason] += 1
         elif record.study_id in seen:
@@ -309,7 +320,7 @@ def read_studies(path: Path, check_image_files: bool = True, verify_images: bool
         else:
             seen.add(record.study_id)
             records.append(record)
-    return finish_reading(path, len(lines), records, dropped, problems, verify_images, check_image_files)
+    return records
 
 
 def _stored_record(data: Any, folder: Path, problems: Counter[str]) -> tuple[StudyRecord | None, str]:
