@@ -142,6 +142,13 @@ class PromptFormat:
         return self.system + self.template.format(instruction)
 
 
+def _check_images(instruction: str, images: int) -> None:
+    """An instruction must hold `<ImageHere>` exactly `images` times (ValueError quoting it)."""
+    if instruction.count(IMAGE_PLACEHOLDER) != images:
+        times = "exactly once" if images == 1 else f"exactly {images} times"
+        raise ValueError(f"the instruction must contain {IMAGE_PLACEHOLDER} {times}: {instruction!r}")
+
+
 class PromptTokenizer:
     """Binds a `PromptFormat` to a tokenizer and the number of image tokens per image."""
 
@@ -156,15 +163,16 @@ class PromptTokenizer:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
     def encode_dialogue(self, turns: list[tuple[str, str | None]], system: str | None = None,
-                        truncate_answers: bool = True) -> tuple[list[int], list[int]]:
+                        truncate_answers: bool = True, max_images: int = 1) -> tuple[list[int], list[int]]:
         """(input_ids, labels) for a conversation of (user, assistant) turns.
 
         The first user turn is preceded by BOS and the system text (`system`, or the format's).  An assistant answer is
         followed by `end_sym` and is the only part with labels (each answer truncated to
         `max_txt_len` tokens unless `truncate_answers` is False, as the chat's history
         needs: a cut answer would lose its end symbol); a last answer of None leaves the ids
-        ending in the assistant prompt, ready for generation.  `<ImageHere>` may appear once in the whole dialogue and
-        becomes `num_image_tokens` IMAGE_TOKEN_IDs.  When the template starts with `end_sym`
+        ending in the assistant prompt, ready for generation.  `<ImageHere>` may appear at most
+        `max_images` times in the whole dialogue (once, unless the caller shows a study's several
+        images) and each becomes `num_image_tokens` IMAGE_TOKEN_IDs.  When the template starts with `end_sym`
         (the paper's `###Doctor:`), later turns reuse the end symbol that closed the previous
         answer instead of repeating it, as the chat renders it.
         """
@@ -180,8 +188,10 @@ class PromptTokenizer:
                 text = text[len(end):]
             pieces = text.split(IMAGE_PLACEHOLDER)
             images += len(pieces) - 1
-            if images > 1:
-                raise ValueError(f"a dialogue may hold {IMAGE_PLACEHOLDER} once, got more in turn {i + 1}")
+            if images > max_images:
+                raise ValueError(f"a dialogue may hold {IMAGE_PLACEHOLDER} once, got more in turn {i + 1}"
+                                 if max_images == 1 else
+                                 f"a dialogue may hold {IMAGE_PLACEHOLDER} {max_images} times, got more in turn {i + 1}")
             for j, piece in enumerate(pieces):
                 if j:
                     ids += [IMAGE_TOKEN_ID] * self.num_image_tokens
@@ -198,21 +208,20 @@ class PromptTokenizer:
             labels += target
         return ids, labels
 
-    def encode_prompt(self, instruction: str) -> list[int]:
-        """Prompt ids for one instruction holding `<ImageHere>`: BOS, text, N image sentinels, text."""
-        if instruction.count(IMAGE_PLACEHOLDER) != 1:
-            raise ValueError(f"the instruction must contain {IMAGE_PLACEHOLDER} exactly once: {instruction!r}")
-        return self.encode_dialogue([(instruction, None)])[0]
+    def encode_prompt(self, instruction: str, images: int = 1) -> list[int]:
+        """Prompt ids for one instruction holding `<ImageHere>` `images` times (a study's several
+        images: `xraygpt.data.study_prompts`): BOS, text, N image sentinels per image, text."""
+        _check_images(instruction, images)
+        return self.encode_dialogue([(instruction, None)], max_images=images)[0]
 
     def encode_target(self, summary: str) -> list[int]:
         """Target ids: the summary followed by the end symbol, at most `max_txt_len` tokens."""
         return self._tok(summary + self.format.end_sym)[: self.format.max_txt_len]
 
-    def encode_example(self, instruction: str, summary: str) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) for one image + instruction -> summary training example."""
-        if instruction.count(IMAGE_PLACEHOLDER) != 1:
-            raise ValueError(f"the instruction must contain {IMAGE_PLACEHOLDER} exactly once: {instruction!r}")
-        return self.encode_dialogue([(instruction, summary)])
+    def encode_example(self, instruction: str, summary: str, images: int = 1) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) for one image (or `images` images of a study) + instruction -> summary."""
+        _check_images(instruction, images)
+        return self.encode_dialogue([(instruction, summary)], max_images=images)
 
     def decode_answer(self, token_ids: list[int]) -> str:
         """Generated ids -> clean text: special tokens dropped, cut at the end symbol, stripped."""
