@@ -4,6 +4,9 @@ Ablations (`image_mode`) check that the summaries come from the image:
 - ``image``: each sample with its own image;
 - ``shuffled``: sample i gets the image of sample (i + 1) mod N (a derangement of the set);
 - ``blank``: every sample gets a uniform black image.
+A study (several images, `xraygpt.data.study_dataset`) gets as many blank images as it shows;
+``shuffled`` is refused for studies (another study's images would not match the views and the
+number of images its prompt names).
 
 `load_samples` reads the samples of some dataset keys with the chosen images and
 `generate_rows` writes one batch's summaries (left-padded prompts, `XrayGPT.generate`).
@@ -24,6 +27,7 @@ from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from PIL import Image
 from tqdm import tqdm
 
+from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.data.collate import GenerationCollator
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.prompting import PromptTokenizer
@@ -56,11 +60,16 @@ def load_samples(dataset, keys: list[int], image_mode: str = "image", blank: tor
     samples = [dataset[k] for k in keys]
     for key, sample in zip(keys, samples):
         sample["image_source"] = sample["image_id"]
+        several = sample["pixel_values"].dim() == 4  # a study's (k, 3, H, W)
         if image_mode == "shuffled":
+            if several:
+                raise ValueError("image_mode 'shuffled' is not available for studies (several images per sample); "
+                                 "use 'blank'")
             other = dataset[(key + 1) % len(dataset)]
             sample["pixel_values"], sample["image_source"] = other["pixel_values"], other["image_id"]
         elif image_mode == "blank":
-            sample["pixel_values"], sample["image_source"] = blank, "blank"
+            images = blank.expand(len(sample["pixel_values"]), *blank.shape).clone() if several else blank
+            sample["pixel_values"], sample["image_source"] = images, "blank"
     return samples
 
 
@@ -76,7 +85,8 @@ def generate_rows(model: XrayGPT, samples: list[dict], engine: Optional[VLLMEngi
         preds = engine(model, samples, generation=generation)
     else:
         batch = GenerationCollator(model.prompt_tokenizer)(samples)
-        preds = model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], generation=generation)
+        preds = model.generate(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], generation=generation,
+                               **({"image_counts": batch["image_counts"]} if "image_counts" in batch else {}))
     return [{"image_id": s["image_id"], "image_source": s["image_source"], "instruction": s["instruction"],
              "prediction": p, "reference": s.get("caption", "")} for s, p in zip(samples, preds)]
 
@@ -84,9 +94,11 @@ def generate_rows(model: XrayGPT, samples: list[dict], engine: Optional[VLLMEngi
 def by_prompt_length(prompt_tokenizer: PromptTokenizer, samples: list[dict]) -> list[dict]:
     """`samples` sorted by prompt token length, longest first (ties keep their order).
 
-    A prompt's length depends only on its instruction, so each distinct instruction is tokenized once.
+    A prompt's length depends only on its instruction (and a study's images, one `<ImageHere>` each),
+    so each distinct instruction is tokenized once.
     """
-    lengths = {ins: len(prompt_tokenizer.encode_prompt(ins)) for ins in {s["instruction"] for s in samples}}
+    lengths = {ins: len(prompt_tokenizer.encode_prompt(ins, ins.count(IMAGE_PLACEHOLDER)))
+               for ins in {s["instruction"] for s in samples}}
     return sorted(samples, key=lambda s: -lengths[s["instruction"]])
 
 

@@ -3,6 +3,10 @@
 Shapes: pixel_values (B, 3, H, W) -> encoder tokens (B, N, Dv) -> projection (B, N, Dl) ->
 spliced into the (B, L, Dl) prompt embeddings at the N image-sentinel positions -> LLM.
 Training may pass the encoder tokens directly (`image_features`, from a feature cache).
+A batch of studies (several images per row) gives T images in all, (T, 3, H, W), with
+`image_counts` (B,) saying how many belong to each row, in order; the encoder and projection
+still see one image at a time, and the splice fills each row's k x N positions
+(`xraygpt.models.multimodal`).  Without `image_counts` every row has one image (T = B).
 
 The loss (`xraygpt.models.loss.target_token_loss`) covers the summary tokens and the end
 symbol and is the mean of per-sample losses.
@@ -178,13 +182,16 @@ class XrayGPT(nn.Module):
         return self.project_features(feats)
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                     image_features: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                     image_features: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None,
+                     image_counts: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """(B, L) ids with image sentinels + their images -> (B, L, Dl) input embeddings.
 
         The one door into the splice (`embed_with_images`) for training, batch generation, the vLLM
-        engine and the chat.  The images are given as exactly one of: `pixel_values` (B, 3, H, W),
-        `image_features` (B, N, Dv) encoder tokens (e.g. from a feature cache) or `image_tokens`
-        (B, N, Dl) projected tokens from `encode_images` (the chat computes them once per image).
+        engine and the chat.  The images are given as exactly one of: `pixel_values` (T, 3, H, W),
+        `image_features` (T, N, Dv) encoder tokens (e.g. from a feature cache) or `image_tokens`
+        (T, N, Dl) projected tokens from `encode_images` (the chat computes them once per image);
+        `image_counts` (B,) says how many of the T images each row shows, in order (None: one per
+        row, T = B).
         """
         if sum(x is not None for x in (pixel_values, image_features, image_tokens)) != 1:
             raise ValueError("give exactly one of pixel_values, image_features and image_tokens")
@@ -197,6 +204,7 @@ class XrayGPT(nn.Module):
             image_tokens,
             IMAGE_TOKEN_ID,
             fill_id=self.tokenizer.pad_token_id,
+            image_counts=image_counts,
         )
 
     def forward(
@@ -206,6 +214,7 @@ class XrayGPT(nn.Module):
         labels: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        image_counts: torch.Tensor | list[int] | None = None,
         **_: object,
     ) -> dict[str, torch.Tensor]:
         """Loss over target tokens.
@@ -213,13 +222,14 @@ class XrayGPT(nn.Module):
         Args:
             input_ids, attention_mask, labels: (B, L), right-padded, labels = IGNORE_INDEX
             outside the target.
-            pixel_values: (B, 3, H, W) images, or
-            image_features: (B, N, Dv) their encoder tokens (e.g. from a feature cache).
+            pixel_values: (T, 3, H, W) images, or
+            image_features: (T, N, Dv) their encoder tokens (e.g. from a feature cache).
+            image_counts: (B,) images per row (a batch of studies); None: one per row (T = B).
         Returns:
             dict with `loss` (scalar, mean of per-sample losses), `sample_loss` (B,) and
             `num_target_tokens` (scalar, int).
         """
-        embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        embeds = self.embed_inputs(input_ids, pixel_values, image_features, image_counts=image_counts)
         # use_cache=False: a KV cache is for generation; in training it would only cost memory and copies
         hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
                                         use_cache=False).last_hidden_state
@@ -227,16 +237,18 @@ class XrayGPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 generation: GenerationSettings = GenerationSettings()) -> list[str]:
-        """Batched generation from left-padded prompts; returns one clean summary per image.
+                 generation: GenerationSettings = GenerationSettings(),
+                 image_counts: torch.Tensor | list[int] | None = None) -> list[str]:
+        """Batched generation from left-padded prompts; returns one clean summary per row.
 
         Args:
-            pixel_values: (B, 3, H, W); input_ids, attention_mask: (B, L), LEFT-padded prompts
+            pixel_values: (T, 3, H, W); input_ids, attention_mask: (B, L), LEFT-padded prompts
             from `PromptTokenizer.encode_prompt`.
             generation: the decoding settings.
+            image_counts: (B,) images per row (studies); None: one per row (T = B).
         Each row stops at the end symbol (or EOS / max_new_tokens) independently.
         """
-        embeds = self.embed_inputs(input_ids, pixel_values)
+        embeds = self.embed_inputs(input_ids, pixel_values, image_counts=image_counts)
         out = self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
                                 **generation.generate_kwargs(self.prompt_tokenizer))
         return [self.prompt_tokenizer.decode_answer(row.tolist()) for row in out]
