@@ -116,7 +116,7 @@ class VLLMEngine:
         """
         check_decoding(generation)
         batch = GenerationCollator(model.prompt_tokenizer)(samples)
-        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"]).cpu()
+        embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"], image_counts=batch.get("image_counts")).cpu()
         keep = batch["attention_mask"].bool()
         prompts = [{"prompt_embeds": row[mask]} for row, mask in zip(embeds, keep)]
         params = self.vllm.SamplingParams(**sampling_params(generation, model.prompt_tokenizer.format.end_sym))

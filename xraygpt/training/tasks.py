@@ -42,6 +42,8 @@ def _sample_rows(model, dataset, collator, count: int, generation: GenerationSet
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if with_images:
             inputs["pixel_values"] = batch["pixel_values"].to(device)
+            if "image_counts" in batch:  # a batch of studies (several images per row)
+                inputs["image_counts"] = batch["image_counts"]
         preds = model.generate(**inputs, generation=generation)
     model.train()
     return [
@@ -61,7 +63,8 @@ class ImageTextPretrainTask:
         """Forward one batch (images or cached image features); returns the model's output dict
         (`loss`, `sample_loss`, ...)."""
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
+                     pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"),
+                     image_counts=batch.get("image_counts"))
 
     @torch.no_grad()
     def after_training(self, model, dataset, output_dir: Path, sample_count: int, generation: GenerationSettings,
