@@ -246,7 +246,7 @@ def evaluated_splits(cfg: DictConfig) -> dict:
         if ds["eval_root"]:
             raise ValueError(f"datasets.{name}.eval_root is not read by evaluate.py: put the split to evaluate in "
                              f"datasets.{name}.root")
-        ds.update(eval_root=ds["root"], eval_split=ds["split"])
+        ds.update(eval_root=ds["root"], **({"eval_split": ds["split"]} if "split" in ds else {}))  # studies: no split
     return datasets
 
 

@@ -13,6 +13,7 @@ REGISTERING_MODULES = (
     "xraygpt.models.llm_sft",
     "xraygpt.data.formats",
     "xraygpt.data.datasets",
+    "xraygpt.data.study_dataset",
     "xraygpt.data.vqa",
     "xraygpt.data.text_datasets",
     "xraygpt.data.transforms",
