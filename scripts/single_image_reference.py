@@ -146,7 +146,7 @@ def train_record(cfg_path: Path, options: list[str]) -> dict:
     def recording_step(self, model, batch):
         batches.append(batch_digest(batch))
         out = original(self, model, batch)
-        forward_losses.append(float(out["loss"]))
+        forward_losses.append(float(out["loss"].detach()))
         return out
 
     tasks.ImageTextPretrainTask.train_step = recording_step

@@ -1,0 +1,253 @@
+"""Studies in the model (#15 item 2): the splice with several images per row, study samples and their
+prompts, batch loss and batched generation with different image counts per row, training from a
+studies.jsonl, bad input; and single-image training and evaluation unchanged (a recorded reference)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from conftest import REPO, evaluate_split, tiny_config, write_yaml
+from study_fixtures import write_study_folder
+from xraygpt.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
+from xraygpt.data.collate import GenerationCollator, TrainCollator
+from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.formats import DatasetError
+from xraygpt.data.prepare.rewrite import COMPARISON
+from xraygpt.data.study_dataset import build_mimic_studies, build_openi_studies
+from xraygpt.data.study_prompts import guess_views, sections_text, split_sections, study_instruction, view_tag
+from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
+from xraygpt.models.generation import GenerationSettings
+from xraygpt.models.multimodal import ImageTokenCountError, splice_image_embeddings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_counts")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_factory):
+    m = tiny_model_factory(seed=2)
+    torch.nn.init.normal_(m.projector.proj.weight, std=0.05)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def study_folder(tiny_assets, tmp_path_factory):
+    return write_study_folder(tiny_assets, tmp_path_factory.mktemp("studies"))
+
+
+def studies(folder, **kwargs):
+    kwargs = {"max_images": 3, "use_prior": True, **kwargs}
+    return build_openi_studies(str(folder), MedCLIPImageEval(112), CaptionProcessor(), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- unchanged
+
+
+def test_single_image_training_and_evaluation_unchanged(tmp_path):
+    """The shipped stage1/stage2/eval_mimic configs on small local inputs give exactly the batches,
+    per-step losses, trained projection, generation inputs and predictions recorded before the
+    multi-image changes (scripts/single_image_reference.py at a278db6)."""
+    spec = importlib.util.spec_from_file_location("single_image_reference", REPO / "scripts" / "single_image_reference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    want = json.loads((REPO / "tests" / "data" / "single_image_reference.json").read_text())
+    got = json.loads(json.dumps(script.compute(tmp_path)))
+    assert got["inputs"] == want["inputs"], (
+        "the reference's inputs changed (the tiny asset factory, xraygpt/embedded/assets.py, or prompts/alignment.txt), "
+        "so this comparison says nothing: remake the reference with scripts/single_image_reference.py from a checkout "
+        "whose model, collate and generation code are a278db6's")
+    for part in ("stage1", "stage2", "evaluation"):
+        for key in want[part]:
+            assert got[part][key] == want[part][key], f"{part}.{key} differs from the single-image reference"
+    assert len(want["stage1"]["step_losses"]) == 3 and "image_counts" not in want["stage1"]["batches"][0]
+
+
+# ---------------------------------------------------------------------------------------------- splice
+
+
+def test_splice_fills_each_row_with_its_images_in_order():
+    s = IMAGE_TOKEN_ID
+    ids = torch.tensor([[1, s, s, s, s, 2], [s, s, 3, 4, 5, 6], [7, 8, 9, 1, 2, 3]])
+    images = torch.arange(3 * 2 * 2, dtype=torch.float32).reshape(3, 2, 2) + 1  # T=3 images of N=2 tokens
+    out = splice_image_embeddings(ids, torch.zeros(3, 6, 2), images, image_counts=torch.tensor([2, 1, 0]))
+    assert torch.equal(out[0, 1:5], torch.cat([images[0], images[1]]))  # row 0: its two images in order
+    assert torch.equal(out[1, 0:2], images[2]) and torch.equal(out[2], torch.zeros(6, 2))
+    one_each = splice_image_embeddings(ids[1:2], torch.zeros(1, 6, 2), images[2:3])  # no counts: one image per row
+    assert torch.equal(one_each, out[1:2])
+    with pytest.raises(ImageTokenCountError, match=r"\[4, 2, 0\] image positions.*\[1, 2, 0\] images per row"):
+        splice_image_embeddings(ids, torch.zeros(3, 6, 2), images, image_counts=[1, 2, 0])
+    with pytest.raises(ImageTokenCountError):  # counts that do not add up to the images given
+        splice_image_embeddings(ids, torch.zeros(3, 6, 2), images[:2], image_counts=[2, 1, 0])
+    with pytest.raises(ImageTokenCountError):  # one image per row assumed, but rows hold 2, 1, 0
+        splice_image_embeddings(ids, torch.zeros(3, 6, 2), images)
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def test_study_prompt_layout():
+    text = study_instruction(["PA", "LATERAL"], "Describe it.", "cough", ["AP"], "Findings: clear.")
+    assert text == ("Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Prior frontal (AP): "
+                    "<Img><ImageHere></Img> Indication: cough. Prior report: Findings: clear. Describe it.")
+    assert study_instruction(["unknown"], "Q?") == "Unknown view: <Img><ImageHere></Img> Q?"
+    assert view_tag("AP AXIAL") == "View (AP AXIAL)" and view_tag("LL", prior=True) == "Prior lateral (LL)"
+    assert guess_views(3) == ["FRONTAL", "LATERAL", "unknown"] and guess_views(1) == ["FRONTAL"]
+    assert split_sections(sections_text("A b.", "C.")) == ("A b.", "C.")
+    assert split_sections("Impression: none") == ("", "none") and split_sections("free text") == ("", "")
+
+
+def test_study_samples_views_prior_and_targets(study_folder):
+    ds = studies(study_folder, target="findings", keep_comparisons=True)
+    by_id = {ds[k]["image_id"]: ds[k] for k in range(len(ds))}
+    s1, s2, s3, s4 = (by_id[k] for k in ("s1", "s2", "s3", "s4"))
+    assert s1["views"] == ["PA", "LATERAL"] and s1["pixel_values"].shape == (2, 3, 112, 112)
+    assert s1["instruction"].startswith("Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> "
+                                        "Indication: Cough and fever. ")
+    # reading order (frontal first), then the prior's frontal image; no indication -> none in the prompt
+    assert s2["views"] == ["PA", "AP", "LATERAL", "prior PA"] and s2["instruction"].count(IMAGE_PLACEHOLDER) == 4
+    assert "Prior frontal (PA): <Img><ImageHere></Img>" in s2["instruction"] and "Indication" not in s2["instruction"]
+    assert s2["caption"] == "Stable mild cardiomegaly. The lungs are clear."  # prior shown + keep_comparisons
+    # no prior shown: comparisons removed by the preparation's rules, whatever keep_comparisons says
+    assert s1["caption"] == "Heart size is normal. Small left pleural effusion. No pneumothorax."
+    assert not COMPARISON.search(s1["caption"]) and s3["views"] == ["FRONTAL"]
+    assert s4["views"] == ["PA", "unknown"] and "Unknown view: <Img>" in s4["instruction"]  # prior of p1 for p3: dropped
+    without = studies(study_folder, target="sections")  # keep_comparisons off: comparison-free with the prior shown
+    s2_clean = next(without[k] for k in range(len(without)) if without[k]["image_id"] == "s2")
+    assert s2_clean["caption"] == "Findings: Mild cardiomegaly. The lungs are clear. Impression: No acute process."
+    summary = studies(study_folder, keep_comparisons=True)  # the summary target is always the record's summary
+    assert summary[1]["caption"] == "Mild cardiomegaly. The lungs are clear. No acute process."
+    prior_report = studies(study_folder, prior_report=True)
+    assert "Prior report: Findings: Heart size is normal. New small left pleural effusion." in prior_report[1]["instruction"]
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+def test_study_batch_loss_is_the_mean_of_per_study_losses(model, study_folder):
+    ds = studies(study_folder, target="sections")
+    samples = [ds[k] for k in range(len(ds))]
+    collate = TrainCollator(model.prompt_tokenizer)
+    batch = collate(samples)
+    assert batch["image_counts"].tolist() == [2, 4, 1, 2] and batch["pixel_values"].shape[0] == 9
+    with torch.no_grad():
+        out = model(**{k: batch[k] for k in MODEL_KEYS})
+        singles = torch.stack([model(**{k: v for k, v in collate([s]).items() if k in MODEL_KEYS})["loss"]
+                               for s in samples])
+        # each row reads its own images: blanking row 1's images changes row 1's loss only
+        blanked = batch["pixel_values"].clone()
+        blanked[2:6] = 0
+        moved = model(**{**{k: batch[k] for k in MODEL_KEYS}, "pixel_values": blanked})["sample_loss"]
+    assert abs(float(out["loss"]) - float(singles.mean())) < 1e-6
+    assert torch.allclose(out["sample_loss"], singles, atol=1e-6, rtol=0)
+    changed = (moved - out["sample_loss"]).abs() > 1e-6
+    assert changed.tolist() == [False, True, False, False]
+    with pytest.raises(ImageTokenCountError):  # counts that do not match the prompts
+        model(**{**{k: batch[k] for k in MODEL_KEYS}, "image_counts": torch.tensor([4, 2, 1, 2])})
+
+
+def test_batched_study_generation_equals_one_at_a_time(model, study_folder, tmp_path):
+    dataset = MixedDataset([studies(study_folder, target="sections")], seed=0)
+    batched, generation = evaluate_split(model, dataset, tmp_path / "b4", batch_size=4)
+    single = evaluate_split(model, dataset, tmp_path / "b1", batch_size=1)[0]
+    assert [r["prediction"] for r in batched] == [r["prediction"] for r in single]
+    assert len({r["prediction"] for r in batched}) > 1  # the answers depend on the images shown
+    assert [r["image_id"] for r in batched] == ["s1", "s2", "s3", "s4"] and generation["final_batch_size"] == 4
+    # directly, as the chat and server call it: one batch of rows with 2, 4, 1, 2 images
+    samples = [dataset[k] for k in range(len(dataset))]
+    settings = GenerationSettings(max_new_tokens=12)
+    gen = GenerationCollator(model.prompt_tokenizer)
+    b = gen(samples)
+    together = model.generate(b["pixel_values"], b["input_ids"], b["attention_mask"], settings, b["image_counts"])
+    apart = []
+    for s in samples:
+        one = gen([s])
+        apart += model.generate(one["pixel_values"], one["input_ids"], one["attention_mask"], settings, one["image_counts"])
+    assert together == apart
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def study_run_config(tiny_assets, cfg_file, out, name, root, **dataset):
+    """A shipped study config with the tiny model and `root`, 3 small steps."""
+    import yaml
+
+    cfg = yaml.safe_load(cfg_file.read_text())
+    tiny = tiny_config(tiny_assets, out)
+    cfg["model"] = {**tiny["model"], "ckpt": None}
+    cfg["datasets"][name].update(root=str(root), eval_root=str(root), **dataset,
+                                 vis_processor=tiny["datasets"]["mimic"]["vis_processor"])
+    cfg["run"].update({**tiny["run"], "iters_per_epoch": 3, "batch_size_train": 3, "save_freq_steps": 0,
+                       "amp": False, "group_by_length": False})
+    return write_yaml(cfg, out.parent / f"{out.name}.yaml")
+
+
+@pytest.mark.parametrize("config,name", [("stage2_studies.yaml", "openi_studies"), ("stage1_studies.yaml", "mimic_studies")])
+def test_studies_jsonl_trains_end_to_end(tiny_assets, study_folder, tmp_path, config, name):
+    import train
+
+    out = tmp_path / "run"
+    cfg = study_run_config(tiny_assets, REPO / "train_configs" / config, out, name, study_folder, max_images=3)
+    assert train.main(["--cfg-path", str(cfg)]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert (out / "checkpoints" / "checkpoint_last.pt").is_file()
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in rows] == ["s1", "s2"]  # generated per study (sample_generations: 2)
+    assert all(r["instruction"].startswith("Frontal (PA): <Img>") for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_study_input_is_counted_never_a_crash(tiny_assets, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    folder = write_study_folder(tiny_assets, tmp_path / "bad")
+    lines = [json.loads(line) for line in (folder / "studies.jsonl").read_text().splitlines()]
+    lines.append({"study_id": "s5", "subject_id": "p5", "images": [{"image_id": "g", "path": "image/gone.png", "view": "PA"}],
+                  "findings": "Clear.", "impression": "Normal.", "summary": "Clear."})  # its image does not exist
+    lines.append({"study_id": "s6", "subject_id": "p6", "images": [{"image_id": "t", "path": "image/junk.png",
+                                                                    "view": "PA"}],
+                  "findings": "Clear.", "summary": "Clear."})  # no impression; an image that is not one
+    (folder / "image" / "junk.png").write_bytes(b"not an image at all")
+    png = (folder / "image" / "s1_0.png").read_bytes()
+    (folder / "image" / "s3_0.png").write_bytes(png[:len(png) // 2])  # s3's only image: the study is replaced
+    (folder / "image" / "s1_1.png").write_bytes(png[:60])  # s1's lateral: left out of s1
+    (folder / "studies.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    ds = studies(folder, target="impression", max_images=2, verify_images=False)
+    ids = [s[0] for s in ds.samples]
+    assert ids == ["s1", "s2", "s3", "s4"]  # s5: no readable image (dropped by the reader); s6: no impression
+    assert ds.counts["no impression (study dropped)"] == 1
+    assert ds.counts["studies with more images than max_images"] == 1 and ds.counts["images left out (max_images)"] == 1
+    assert ds.counts["no indication"] == 1 and ds.counts["prior shown"] == 1 and ds.counts["no prior shown"] == 3
+    s1 = ds[0]
+    assert s1["views"] == ["PA"] and s1["instruction"].count(IMAGE_PLACEHOLDER) == 1 and ds.decode_failures == 1
+    replaced = ds[2]  # s3 does not decode: the next study
+    assert replaced["image_id"] == "s4" and ds.decode_failures == 2
+    assert replaced["views"] == ["PA", "unknown"] and "Unknown view: <Img>" in replaced["instruction"]
+    assert "prior from another subject" in caplog.text and "no readable image" in caplog.text
+
+    summary = studies(folder, max_images=2, verify_images=True)  # header checks drop s6 when reading
+    assert [s[0] for s in summary.samples] == ["s1", "s2", "s3", "s4"]
+    unchecked = studies(folder, max_images=2, verify_images=False)  # unchecked, s6 fails to decode and is replaced
+    assert unchecked[4]["image_id"] == "s1"
+    (folder / "studies.jsonl").write_text(json.dumps(lines[4]) + "\n")
+    with pytest.raises(DatasetError, match="no usable study record"):
+        studies(folder)
+    with pytest.raises(DatasetError, match="max_images must be at least 1"):
+        studies(study_folder_ok(tiny_assets, tmp_path), max_images=0)
+    with pytest.raises(ValueError, match="unknown study target"):
+        build_mimic_studies(str(folder), MedCLIPImageEval(112), CaptionProcessor(), target="report")
+
+
+def study_folder_ok(tiny_assets, tmp_path):
+    return write_study_folder(tiny_assets, tmp_path / "ok")
