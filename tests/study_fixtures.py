@@ -63,7 +63,7 @@ def write_rexrank_file(tiny_assets: dict, folder: Path) -> Path:
             "image_path": paths, "frontal_lateral": views, "key_image_path": paths[-1] if n == 2 else paths[0],
             "context": f"Age:50-60.Gender:{'MF'[n % 2]}.Indication: {['Cough.', 'nan', 'Chest pain.'][n]} Comparison: None.",
             "section_findings": ["The heart is normal in size. Small right effusion.", "Clear lungs.",
-                                 "Left basilar opacity, increased since prior."][n],
+                                 "New left basilar opacity since the prior study."][n],
             "section_impression": [float("nan"), "No acute disease.", "Possible pneumonia."][n],
             "subject_id": 1000 + n, "split": "test",
         }

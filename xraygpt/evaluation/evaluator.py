@@ -20,6 +20,13 @@ Its constructor's signature is the `evaluation` section of an evaluation config 
    summaries; `vqa_metrics` in its `vqa` entry on the questions of VQA sources, whose rows carry
    the sample's `vqa` fields), and returns the metrics table; other ranks return None.
 
+Studies (`xraygpt.data.study_dataset`: several images per sample) give one row per study: its
+`image_id` is the study id (so predictions.csv's `study_id` is too), and the row adds `study_id`,
+`views`, `image_ids` (the images shown) and `target`.  When the target is `sections`
+("Findings: ... Impression: ..."), metrics.json's `sections` scores the findings and the
+impression on their own (`study_prompts.split_sections` of prediction and reference; a row whose
+reference lacks that section is skipped for it), besides the whole text.
+
 Outputs are described in `xraygpt.evaluation.predictions` and `report_metrics`.
 """
 
@@ -35,6 +42,7 @@ from tqdm import tqdm
 
 from xraygpt.atomic import atomic_write_text
 from xraygpt.data.formats import DatasetError, capabilities_of
+from xraygpt.data.study_prompts import split_sections
 from xraygpt.evaluation.chexpert_rules import ChexpertRuleLabeler
 from xraygpt.evaluation.fingerprint import FINGERPRINT, differences, model_fingerprint, read_fingerprint, split_fingerprint
 from xraygpt.evaluation.generate import IMAGE_ABLATION_MODES, blank_image, generate_fitting, sample_windows
@@ -71,6 +79,21 @@ def dataset_languages(dataset) -> dict[str, str]:
 def dataset_ids(dataset) -> list[str]:
     """The image id of every key of a MixedDataset of file-based datasets, without decoding images."""
     return [str(s[0]) for s in dataset_samples(dataset)]
+
+
+def study_fields(sample: dict) -> dict:
+    """The fields a study's row adds (module docstring); {} for a single-image sample."""
+    if "views" not in sample:
+        return {}
+    return {"study_id": sample["image_id"], "report_id": sample["image_id"], "views": sample["views"],
+            "image_ids": sample["image_ids"], "target": sample["target"]}
+
+
+def section_rows(rows: list[dict], index: int) -> list[dict]:
+    """`rows` with prediction and reference cut to one section (0 findings, 1 impression;
+    `study_prompts.split_sections`)."""
+    return [{**row, "prediction": split_sections(row.get("prediction") or "")[index],
+             "reference": split_sections(row.get("reference") or "")[index]} for row in rows]
 
 
 def check_settings(batch_size: int, image_mode: str, backend: str) -> None:
@@ -183,7 +206,8 @@ class ReportEvaluator:
         def emit(batch: list[dict], rows: list[dict]) -> None:
             store.append([{"image_id": row["image_id"], "report_id": reports.get(row["image_id"]),
                            "language": languages.get(str(row["image_id"]), DEFAULT_LANGUAGE), **row,
-                           **({"vqa": sample["vqa"]} if "vqa" in sample else {})} for sample, row in zip(batch, rows)])
+                           **({"vqa": sample["vqa"]} if "vqa" in sample else {}), **study_fields(sample)}
+                          for sample, row in zip(batch, rows)])
             bar.update(len(rows))
 
         batch_size = self.batch_size
@@ -277,8 +301,14 @@ class ReportEvaluator:
                                  **self.generation.as_dict()}
         if vqa_rows:
             metrics["vqa"] = vqa_metrics(vqa_rows)
+        sectioned = [r for r in rows if r.get("target") == "sections"]
+        if sectioned:
+            metrics["sections"] = {name: compute_metrics(section_rows(sectioned, k), self.labeler, self.bootstrap_resamples,
+                                                         self.confidence, self.seed, None, self.cjk_tokenizer)
+                                   for k, name in enumerate(("findings", "impression"))}
         atomic_write_text(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
         logger.info("wrote %s", self.output_dir / "metrics.json")
         if vqa_rows:
             return (format_metrics(metrics) + "\n\n" if rows else "") + format_vqa_metrics(metrics["vqa"])
-        return format_metrics(metrics)
+        return format_metrics(metrics) + "".join(f"\n\n{name} only:\n{format_metrics(part)}"
+                                                 for name, part in metrics.get("sections", {}).items())
