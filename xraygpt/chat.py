@@ -1,8 +1,11 @@
-"""Multi-turn chat about one chest X-ray: the training template, the one splice, streamed answers.
+"""Multi-turn chat about one chest X-ray (or one study): the training template, the one splice, streamed answers.
 
 A `ChatSession` belongs to one user and holds
 - `image_tokens`: the projected image tokens (1, N, Dl) of the current image, computed once per
-  image by `set_image`;
+  image by `set_image`, or (k, N, Dl) for the k images of a study (`set_study`: several views in
+  reading order, frontal first, then an optional prior image, with the indication; the first
+  turn kept then carries the study's tagged images and indication as a study sample's instruction
+  does, `xraygpt.data.study_prompts.study_instruction`);
 - `turns`: the finished (question, answer) pairs about that image.
 
 `stream_reply(question, generation)` encodes the kept turns plus the new question with
@@ -31,6 +34,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
+from xraygpt.data.studies import canonical_view, view_rank
+from xraygpt.data.study_prompts import guess_views, study_instruction
 from xraygpt.data.transforms import MedCLIPImageEval
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.prompting import with_image
@@ -88,12 +93,14 @@ class ChatSession:
         self.image_tokens: torch.Tensor | None = None
         self.turns: list[tuple[str, str]] = []
         self.dropped_turns = 0
+        self.study: tuple[list[str], str, list[str]] | None = None  # (views, indication, prior views) of a study
 
     def reset(self) -> None:
         """Forget the image and the conversation."""
         self.image_tokens = None
         self.turns = []
         self.dropped_turns = 0
+        self.study = None
 
     @torch.no_grad()
     def set_image(self, image: Image.Image) -> None:
@@ -103,12 +110,53 @@ class ChatSession:
         self.image_tokens = self.model.encode_images(pixels)
         self.turns = []
         self.dropped_turns = 0
+        self.study = None
+
+    @torch.no_grad()
+    def set_study(self, images: list[Image.Image], views: list[str] | None = None, indication: str = "",
+                  prior: Image.Image | None = None) -> list[str]:
+        """Start a conversation about a study: `images` with their `views` (any name
+        `studies.canonical_view` reads; None or a missing one guessed: first frontal, second lateral),
+        put in reading order (frontal first), the optional `prior` image (taken as the prior's frontal
+        view) and `indication`.  All are encoded once to `image_tokens` (k, N, Dl).  Returns the views
+        in the order shown.  Raises ChatInputError for no image or an indication holding a reserved
+        symbol."""
+        if not images:
+            raise ChatInputError("Please give at least one image of the study.")
+        indication = " ".join((indication or "").split())
+        self._check_reserved(indication, "The indication")
+        guessed = guess_views(len(images))
+        given = list(views or [])
+        views = [canonical_view(given[k]) if k < len(given) and given[k] else guessed[k] for k in range(len(images))]
+        order = sorted(range(len(images)), key=lambda k: (view_rank(views[k]), k))
+        shown = [images[k] for k in order] + ([prior] if prior is not None else [])
+        self.image_tokens = self.model.encode_images(torch.stack([self.process(image) for image in shown]))
+        self.study = ([views[k] for k in order], indication, ["FRONTAL"] if prior is not None else [])
+        self.turns = []
+        self.dropped_turns = 0
+        return self.study[0]
+
+    @property
+    def image_count(self) -> int:
+        """Images the conversation shows (0 before any)."""
+        return 0 if self.image_tokens is None else len(self.image_tokens)
 
     def _encode(self, turns: list[tuple[str, str]], question: str) -> list[int]:
         dialogue: list[tuple[str, str | None]] = [*turns, (question, None)]
         first_question, first_answer = dialogue[0]
-        dialogue[0] = (with_image(first_question), first_answer)
-        return self.prompt_tokenizer.encode_dialogue(dialogue, truncate_answers=False)[0]
+        if self.study is None:
+            dialogue[0] = (with_image(first_question), first_answer)
+        else:
+            views, indication, prior_views = self.study
+            dialogue[0] = (study_instruction(views, first_question, indication, prior_views), first_answer)
+        return self.prompt_tokenizer.encode_dialogue(dialogue, truncate_answers=False,
+                                                     max_images=max(1, self.image_count))[0]
+
+    def _check_reserved(self, text: str, what: str) -> None:
+        for reserved in (IMAGE_PLACEHOLDER, "<Img>", self.prompt_tokenizer.format.end_sym):
+            if reserved in text:
+                raise ChatInputError(f"{what} contains {reserved!r}, which the model's prompt template "
+                                     "reserves; please rephrase without it.")
 
     def check_question(self, question: str) -> str:
         """The stripped question, or ChatInputError saying why it cannot be asked."""
@@ -150,7 +198,8 @@ class ChatSession:
     def embed_prompt(self, ids: list[int]) -> torch.Tensor:
         """(1, L, Dl) input embeddings of L prompt ids with the image tokens spliced into their sentinels
         (`XrayGPT.embed_inputs`, as for training and batch generation)."""
-        return self.model.embed_inputs(torch.tensor([ids]), image_tokens=self.image_tokens)
+        counts = None if self.study is None else [self.image_count]  # one image: the paper's splice, unchanged
+        return self.model.embed_inputs(torch.tensor([ids]), image_tokens=self.image_tokens, image_counts=counts)
 
     def stream_reply(self, question: str, generation: GenerationSettings) -> Iterator[str]:
         """An iterator of the answer to `question` as it grows (cleaned, without the end symbol).

@@ -6,7 +6,10 @@ the generation controls and example images; on the right a messages-format `gr.C
 question box.
 
 Events (also the gradio_client API): `/upload` (file -> preview, then the summary streamed when
-`auto_summary`), `/summarize`, `/ask` (question), `/reset`, `/set_language` (the language control:
+`auto_summary`), `/study` (a study: up to STUDY_SLOTS images each with its view, chosen per image
+and guessed by default, first frontal, second lateral; an optional prior image and an optional
+indication -> a preview of the images side by side, then the summary streamed when
+`auto_summary`; `ChatSession.set_study`), `/summarize`, `/ask` (question), `/reset`, `/set_language` (the language control:
 later summaries are asked for in that language, with its summary question,
 `DemoSettings.summary_instructions`; follow-up questions are the user's own words).  The model events share one queue
 concurrency group of `concurrency_limit`; each user's `ChatSession` (image tokens + turns) and
@@ -32,7 +35,10 @@ import gradio as gr
 from PIL import Image
 
 from xraygpt.chat import ChatInputError, ChatSession
+from xraygpt.data.studies import view_rank
+from xraygpt.data.study_prompts import DEFAULT_STUDY_PROMPT_PATH, VIEW_CHOICES, guess_views, load_questions, view_tag
 from xraygpt.data.transforms import to_grayscale
+from xraygpt.languages import DEFAULT_LANGUAGE
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.ui.settings import DemoSettings
 from xraygpt.ui.uploads import UploadError, read_xray
@@ -48,6 +54,7 @@ DISCLAIMER = (
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 LANGUAGE_NAMES = {"en": "English", "zh": "中文"}  # the language control's labels (others show their code)
 PREVIEW_SIDE = 512
+STUDY_SLOTS = 3  # images of a study the demo takes (their views chosen per image), besides the prior
 
 
 @dataclasses.dataclass
@@ -89,6 +96,17 @@ def preview_of(image: Image.Image) -> Image.Image:
     return preview
 
 
+def study_preview(images: list[Image.Image]) -> Image.Image:
+    """The previews of a study's images side by side (8-bit grayscale, black background)."""
+    previews = [preview_of(image) for image in images]
+    sheet = Image.new("L", (sum(p.width for p in previews) + 8 * (len(previews) - 1), max(p.height for p in previews)))
+    x = 0
+    for p in previews:
+        sheet.paste(p, (x, 0))
+        x += p.width + 8
+    return sheet
+
+
 def one_request_at_a_time(handler):
     """Run a handler only when the user's previous request has finished; otherwise say so.
 
@@ -122,6 +140,10 @@ class Handlers:
         self.model = model
         self.settings = settings
         self.summary_instructions = settings.summary_instructions()  # a language without prompts stops here
+        # a study's summary question: the first of prompts/study_summary.txt in English; another language asks
+        # its single-image summary question (the images and indication are put before it either way)
+        self.study_instructions = {**self.summary_instructions,
+                                   DEFAULT_LANGUAGE: load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary")[0]}
 
     def _user(self, state: UserState | None) -> UserState:
         if state is not None:
@@ -195,9 +217,52 @@ class Handlers:
             yield list(user.messages), gr.skip(), gr.skip(), user
 
     @one_request_at_a_time
+    def study(self, *args):
+        """A study: (file, view) x STUDY_SLOTS, prior file, indication, the three controls, user state.
+        Reads and checks every image given, encodes them once (`ChatSession.set_study`), shows them
+        side by side, then (with auto_summary) streams a summary of the study."""
+        *slots, prior_file, indication, temperature, num_beams, max_new_tokens, user = args
+        files = [(slots[2 * k], slots[2 * k + 1]) for k in range(STUDY_SLOTS) if slots[2 * k]]
+        if not files:
+            user.messages.append(notice("Please give at least one image of the study."))
+            yield list(user.messages), gr.skip(), gr.skip(), user
+            return
+        guessed = guess_views(len(files))
+        problem = None
+        try:
+            images = [read_xray(f, self.settings.max_image_pixels, self.settings.min_image_side) for f, _ in files]
+            views = [VIEW_CHOICES.get(view, guessed[k]) if view else guessed[k] for k, (_, view) in enumerate(files)]
+            prior = (read_xray(prior_file, self.settings.max_image_pixels, self.settings.min_image_side)
+                     if prior_file else None)
+            shown = user.session.set_study(images, views, indication or "", prior)
+        except (UploadError, ChatInputError) as exc:
+            problem = str(exc)
+        except Exception as exc:
+            logger.exception("could not process the study")
+            problem = f"Could not process the study ({type(exc).__name__})."
+        if problem:
+            user.session.reset()
+            user.messages.append(notice(f"{problem} No image is loaded now."))
+            yield list(user.messages), None, gr.skip(), user
+            return
+        order = sorted(range(len(images)), key=lambda k: (view_rank(views[k]), k))  # as set_study orders them
+        user.messages = [notice("Study loaded: " + ", ".join(view_tag(v) for v in shown)
+                                + (", prior frontal" if prior is not None else "")
+                                + (f"; indication: {' '.join(indication.split())}" if indication and indication.strip()
+                                   else "; no indication"))]
+        yield list(user.messages), study_preview([images[k] for k in order] + ([prior] if prior else [])), gr.skip(), user
+        if not self.settings.auto_summary:
+            user.messages.append(notice("Press Summarise or ask a question."))
+            yield list(user.messages), gr.skip(), gr.skip(), user
+            return
+        for _ in self._reply(user, self.study_instructions[user.language], (temperature, num_beams, max_new_tokens)):
+            yield list(user.messages), gr.skip(), gr.skip(), user
+
+    @one_request_at_a_time
     def summarize(self, temperature: float, num_beams: int, max_new_tokens: int, user: UserState):
-        """Ask for a summary of the current image, in the user's language."""
-        for _ in self._reply(user, self.summary_instructions[user.language], (temperature, num_beams, max_new_tokens)):
+        """Ask for a summary of the current image (or study), in the user's language."""
+        questions = self.summary_instructions if user.session.study is None else self.study_instructions
+        for _ in self._reply(user, questions[user.language], (temperature, num_beams, max_new_tokens)):
             yield list(user.messages), gr.skip(), gr.skip(), user
 
     @one_request_at_a_time
@@ -300,6 +365,19 @@ def build_app(model, settings: DemoSettings) -> gr.Blocks:
                                       info="more than 1: beam search, answer shown when complete")
                 max_new_tokens = gr.Slider(1, max(settings.max_new_tokens, window // 2), value=settings.max_new_tokens,
                                            step=1, label="Max new tokens")
+                with gr.Accordion("Study: several views, indication, prior", open=False):
+                    study_inputs = []
+                    for k, guess in enumerate(guess_views(STUDY_SLOTS)):
+                        with gr.Row():
+                            study_inputs.append(gr.File(label=f"View {k + 1}", type="filepath",
+                                                        elem_id=f"study_image_{k + 1}"))
+                            study_inputs.append(gr.Dropdown(list(VIEW_CHOICES), value=view_tag(guess), label="View",
+                                                            elem_id=f"study_view_{k + 1}"))
+                    prior_file = gr.File(label="Prior study's frontal image (optional)", type="filepath",
+                                         elem_id="study_prior")
+                    indication = gr.Textbox(label="Indication (optional)", placeholder="e.g. Cough and fever.",
+                                            elem_id="study_indication", max_lines=2)
+                    read_study = gr.Button("Read study", elem_id="read_study")
                 examples = example_images(settings.examples, settings.num_examples)
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Example images")
@@ -316,6 +394,8 @@ def build_app(model, settings: DemoSettings) -> gr.Blocks:
         events = [
             upload.change(handlers.upload, [upload, *controls, state], api_name="upload", **shared),
             summarize.click(handlers.summarize, [*controls, state], api_name="summarize", **shared),
+            read_study.click(handlers.study, [*study_inputs, prior_file, indication, *controls, state], api_name="study",
+                             **shared),
             ask.click(handlers.ask, [question, *controls, state], api_name="ask", **shared),
             question.submit(handlers.ask, [question, *controls, state], api_visibility="private", **shared),
         ]
