@@ -112,3 +112,30 @@ def test_demo_reads_a_study(model, files, tiny_assets):
                             api_name="/study")
         job.result()
         assert "No image is loaded now" in texts(job.outputs()[-1][0])[-1]
+
+
+def test_server_reads_a_study_sent_in_one_message(model, files):
+    pytest.importorskip("fastapi")
+    import concurrent.futures
+
+    from test_serve import client, data_url, image_message, running_server
+
+    images = [Image.open(f) for f in files[:4]]
+    study = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(f.read_bytes())}}
+                                         for f in files[:2]] + [{"type": "text", "text": "Describe the study."}]}
+    single = image_message(data_url(files[2].read_bytes()), "Describe the study.")
+    expected_study = batch_answer(model, images[:2], ["FRONTAL", "LATERAL"], "Describe the study.")
+    chat = ChatSession(model)
+    chat.set_image(images[2])
+    expected_single = last(chat.stream_reply("Describe the study.", SETTINGS))
+    with running_server(model, max_batch_size=4, batch_wait_ms=2000) as (url, batcher):
+        api = client(url)
+
+        def ask(message):
+            return api.chat.completions.create(model="xraygpt", messages=[message], max_tokens=12).choices[0].message.content
+
+        assert ask(study) == expected_study  # views guessed from the order: frontal, then lateral
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # a batch mixing studies and single images
+            answers = list(pool.map(ask, [study, single, study, single]))
+        assert answers == [expected_study, expected_single] * 2
+        assert batcher.stats()["answered"] == 5 and batcher.stats()["largest_batch"] > 1  # batched together

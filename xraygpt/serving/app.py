@@ -34,6 +34,7 @@ import time
 import uuid
 
 import anyio
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -126,7 +127,8 @@ class ChatService:
         except GenerationSettingsError as exc:
             raise APIError(400, f"{exc.key} {exc.reason}", param=exc.key, code="invalid_value") from None
         with self._encode_lock:
-            ids = self.prompt_tokenizer.encode_dialogue(chat.turns, system=chat.system, truncate_answers=False)[0]
+            ids = self.prompt_tokenizer.encode_dialogue(chat.turns, system=chat.system, truncate_answers=False,
+                                                        max_images=len(chat.images))[0]
         if len(ids) > self.max_prompt_tokens:
             raise APIError(400, f"the prompt takes {len(ids)} tokens (the image's {self.prompt_tokenizer.num_image_tokens}, "
                                 f"the template and the messages); this server accepts at most {self.max_prompt_tokens}",
@@ -139,8 +141,9 @@ class ChatService:
             raise APIError(400, f"the prompt takes {len(ids)} tokens and max_tokens asks for {max_new}, more than the "
                                 f"model's context window of {self.context_window} tokens holds",
                            param="max_tokens", code="context_length_exceeded")
-        image = load_image(chat.image_url, chat.image_param, s.allow_local_files, s.max_image_pixels, s.min_image_side)
-        job = Job(prompt_ids=ids, pixels=self.process(image),
+        pixels = [self.process(load_image(url, param, s.allow_local_files, s.max_image_pixels, s.min_image_side))
+                  for url, param in chat.images]
+        job = Job(prompt_ids=ids, pixels=pixels[0] if len(pixels) == 1 else torch.stack(pixels),
                   generation=s.generation(max_new, request.temperature, request.top_p),
                   stop=request.stop_strings, seed=request.seed, stream=request.stream)
         return request, job

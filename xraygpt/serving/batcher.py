@@ -38,6 +38,7 @@ from typing import Optional
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from xraygpt.data.collate import stack_images
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.serving.protocol import APIError
 
@@ -54,7 +55,7 @@ class Job:
 
     Args:
         prompt_ids: the prompt (BOS, template, N image sentinels, the turns), unpadded.
-        pixels: (3, S, S) preprocessed image.
+        pixels: (3, S, S) preprocessed image, or (k, 3, S, S) for the k images of a study.
         generation: its decoding settings (`max_new_tokens` is this answer's).
         stop: strings that end the answer (not included in it).
         seed: sampling seed (used only when sampling).
@@ -294,7 +295,8 @@ class Batcher:
             ids[r, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
             mask[r, width - len(job.prompt_ids):] = 1
         settings = dataclasses.replace(jobs[0].generation, max_new_tokens=max(j.generation.max_new_tokens for j in jobs))
-        embeds = self.model.embed_inputs(ids, pixel_values=torch.stack([job.pixels for job in jobs]))
+        images = stack_images([{"pixel_values": job.pixels} for job in jobs], "pixel_values")  # + image_counts: studies
+        embeds = self.model.embed_inputs(ids, **images)
         if settings.do_sample and jobs[0].seed is not None:
             torch.manual_seed(jobs[0].seed % 2**64)
         watch = _Rows(rows, pt)

@@ -4,7 +4,11 @@
 (pydantic, strict: a wrong type, an unknown argument or an unsupported value is refused) and then
 into a `Conversation`: an optional system text, the (question, answer) turns of the training
 template with the image put before the question of the user message that carries it
-(`prompting.with_image`), and that image's URL.  Consecutive messages of one role are joined
+(`prompting.with_image`), and that image's URL.  One user message may carry several images, the
+views of one study (at most MAX_STUDY_IMAGES): they are put before its question each tagged with
+a view guessed from its place (first frontal, second lateral, then unknown;
+`xraygpt.data.study_prompts.study_instruction`, as a study sample of training shows them).
+Images in two different messages are refused.  Consecutive messages of one role are joined
 with a newline.  A request may name its `language` (an extra field, e.g. `extra_body={"language":
 "zh"}` with OpenAI's client): a user message carrying the image and no text is then asked the
 summary instruction of that language (`conversation(..., summary_instruction=...)`); without
@@ -23,9 +27,11 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
+from xraygpt.data.study_prompts import guess_views, study_instruction
 from xraygpt.prompting import with_image
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_STUDY_IMAGES = 4  # images one user message may carry (the views of one study)
 
 
 class APIError(Exception):
@@ -167,13 +173,15 @@ class Conversation:
 
     `system`: the system messages' text (None: the model's prompt.system); `turns`: (question, answer)
     pairs, the last answer None, the question carrying the image tagged by `with_image`;
-    `image_url`, `image_param`: the image's URL and where it was in the request.
+    `image_url`, `image_param`: the (first) image's URL and where it was in the request;
+    `images`: every (URL, where) of the message carrying them, in the order sent (one, or a study's).
     """
 
     system: str | None
     turns: list[tuple[str, str | None]]
     image_url: str
     image_param: str
+    images: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -242,10 +250,20 @@ def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | 
     if not images:
         raise APIError(400, "no image: this model answers questions about one chest X-ray; send it as an "
                             "image_url part of a user message", param="messages", code="missing_image")
-    if len(images) > 1:
-        raise APIError(400, f"{len(images)} images: this model reads one image per conversation",
-                       param=images[1][1], code="too_many_images")
+    other = next((image for image in images if image[2] is not images[0][2]), None)
+    if other is not None:
+        raise APIError(400, "images in two messages: this model reads one image per conversation, or the views of "
+                            "one study sent together in one user message", param=other[1], code="too_many_images")
+    if len(images) > MAX_STUDY_IMAGES:
+        raise APIError(400, f"{len(images)} images: a message may carry at most {MAX_STUDY_IMAGES} (the views of "
+                            "one study)", param=images[MAX_STUDY_IMAGES][1], code="too_many_images")
     url, param, image_turn = images[0]
+
+    def carrying_images(question: str) -> str:
+        if len(images) == 1:
+            return with_image(question)
+        return study_instruction(guess_views(len(images)), question)
+
     out = []
     for turn in turns:
         question = "\n".join(t for t in turn.question if t.strip()).strip()
@@ -256,8 +274,9 @@ def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | 
                                 "send \"language\", e.g. \"en\" or \"zh\", to have it summarised)",
                            param=f"messages[{turn.index}].content", code="invalid_value")
         answer = None if turn.answer is None else "\n".join(turn.answer).strip()
-        out.append((with_image(question) if turn is image_turn else question, answer))
-    return Conversation(system="\n".join(system) if system else None, turns=out, image_url=url, image_param=param)
+        out.append((carrying_images(question) if turn is image_turn else question, answer))
+    return Conversation(system="\n".join(system) if system else None, turns=out, image_url=url, image_param=param,
+                        images=[(u, p) for u, p, _ in images])
 
 
 def parse_chat(body: bytes) -> ChatRequest:
