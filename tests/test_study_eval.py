@@ -93,3 +93,21 @@ def test_blank_ablation_gives_a_study_as_many_blank_images(tiny_assets, tmp_path
     assert all(torch.equal(image, blank) for image in sample["pixel_values"])
     with pytest.raises(ValueError, match="not available for studies"):
         load_samples(dataset, [0], "shuffled")
+
+
+def test_a_target_empty_without_comparisons_is_skipped(tiny_assets, tmp_path, tiny_model_factory):
+    """An impression that is only a comparison ("No change from prior.") has no target without the prior:
+    training draws the next study instead, evaluation skips it as an empty reference without generating."""
+    from conftest import evaluate_split
+    from study_fixtures import STUDIES
+
+    studies = [STUDIES[0], ("s9", "p9", [("PA", 8)], "", "Clear lungs.", "No change from prior.", "Clear lungs.", None)]
+    folder = write_study_folder(tiny_assets, tmp_path / "studies", studies)
+    ds = build_openi_studies(str(folder), MedCLIPImageEval(112), CaptionProcessor(), target="impression")
+    assert [s[0] for s in ds.samples] == ["s1", "s9"] and ds.samples[1][2] == ""
+    assert ds[1]["image_id"] == "s1" and ds.counts["empty target without comparisons (study skipped)"] == 1
+    model = tiny_model_factory(seed=1).eval()
+    rows, _ = evaluate_split(model, MixedDataset([ds], seed=0), tmp_path / "out", batch_size=2)
+    assert [r["image_id"] for r in rows] == ["s1"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["skipped"]["by_reason"] == {"empty reference": ["s9"]} and metrics["num_scored"] == 1

@@ -263,7 +263,11 @@ class ReportEvaluator:
             "generation": {"backend": self.backend, "image_mode": self.image_mode, "seed": self.seed,
                            **self.generation.as_dict()}})
         done = store.done_ids()
-        todo = [k for k, image_id in enumerate(ids) if image_id not in done]
+        # nothing to score against (a study whose target is empty once comparisons are removed): not generated
+        empty = {image_id for image_id, s in zip(ids, samples) if not str(s[2]).strip()}
+        if empty and dist.is_main:
+            store.append([{"image_id": image_id, "skipped": "empty reference"} for image_id in sorted(empty)])
+        todo = [k for k, image_id in enumerate(ids) if image_id not in done and image_id not in empty]
         mine = todo[dist.rank::dist.world_size]
         logger.info("%d images in the split, %d already predicted in %s, %d to generate (%d on this rank)",
                     len(ids), len(ids) - len(todo), self.output_dir, len(todo), len(mine))
