@@ -111,3 +111,31 @@ def test_a_target_empty_without_comparisons_is_skipped(tiny_assets, tmp_path, ti
     assert [r["image_id"] for r in rows] == ["s1"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["skipped"]["by_reason"] == {"empty reference": ["s9"]} and metrics["num_scored"] == 1
+
+
+def test_vllm_backend_on_studies_gives_the_transformers_answers(tiny_assets, tmp_path, tiny_model_factory, monkeypatch):
+    """Against the stand-in of vLLM's API (tests/test_vllm_engine.py): each study's spliced prompt
+    (several images) reaches the engine, and the answers equal the transformers backend's."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from conftest import evaluate_split
+    from test_vllm_engine import StandInLLM, StandInSamplingParams
+
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    module.LLM, module.SamplingParams = StandInLLM, StandInSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    StandInLLM.prompts.clear()
+    model = tiny_model_factory(seed=2)
+    torch.nn.init.normal_(model.projector.proj.weight, std=0.05)
+    folder = write_study_folder(tiny_assets, tmp_path / "studies")
+    dataset = MixedDataset([build_openi_studies(str(folder), MedCLIPImageEval(112), CaptionProcessor(), max_images=3,
+                                                use_prior=True)], seed=0)
+    reference, _ = evaluate_split(model.eval(), dataset, tmp_path / "hf", batch_size=4)
+    rows, _ = evaluate_split(model, dataset, tmp_path / "vllm", batch_size=4, backend="vllm")
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in reference]
+    assert len(StandInLLM.prompts) == 4  # one prompt per study; s2 shows 3 images + its prior's
+    assert max(len(p["prompt_embeds"]) for p in StandInLLM.prompts) > 4 * model.encoder.num_tokens
