@@ -28,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from xraygpt.data.studies import FRONTAL_VIEWS, UNKNOWN_VIEW
+from xraygpt.data.studies import UNKNOWN_VIEW
 from xraygpt.languages import DEFAULT_LANGUAGE
 from xraygpt.prompting import IMAGE_TAG, PromptFileError, instruction_file, locate
 from xraygpt.constants import IMAGE_PLACEHOLDER
@@ -64,10 +64,6 @@ def guess_views(count: int) -> list[str]:
     """Views assumed for `count` images whose views nobody gave: the first frontal, the second
     lateral (the usual PA + lateral pair), any further one unknown."""
     return (["FRONTAL", "LATERAL"] + [UNKNOWN_VIEW] * max(0, count - 2))[:count]
-
-
-def is_frontal(view: str) -> bool:
-    return view in FRONTAL_VIEWS
 
 
 def sections_text(findings: str, impression: str) -> str:

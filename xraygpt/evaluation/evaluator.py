@@ -25,7 +25,9 @@ Studies (`xraygpt.data.study_dataset`: several images per sample) give one row p
 `views`, `image_ids` (the images shown) and `target`.  When the target is `sections`
 ("Findings: ... Impression: ..."), metrics.json's `sections` scores the findings and the
 impression on their own (`study_prompts.split_sections` of prediction and reference; a row whose
-reference lacks that section is skipped for it), besides the whole text.
+reference lacks that section is skipped for it), besides the whole text.  A study whose reference is
+empty (its target is only comparison wording, removed without the prior) is not generated: it is
+recorded as skipped ("empty reference").
 
 Outputs are described in `xraygpt.evaluation.predictions` and `report_metrics`.
 """
