@@ -251,3 +251,33 @@ def test_bad_study_input_is_counted_never_a_crash(tiny_assets, tmp_path, caplog)
 
 def study_folder_ok(tiny_assets, tmp_path):
     return write_study_folder(tiny_assets, tmp_path / "ok")
+
+
+OPENI_REPORTS = REPO.parent / "shared" / "data" / "openi-reports" / "ecgen-radiology"
+
+
+@pytest.mark.skipif(not OPENI_REPORTS.is_dir(), reason="../shared/data/openi-reports is not beside the project")
+def test_real_openi_study_targets_hold_no_comparison(tmp_path, capsys):
+    """On the shared OpenI reports (placeholder images), every study target shown without a prior is free
+    of comparison wording, though the raw sections hold it; the counts are printed."""
+    from test_summary_fidelity import placeholder_images
+    from xraygpt.data.prepare.__main__ import main as prepare_main
+
+    out = tmp_path / "openi"
+    assert prepare_main(["openi", "--reports", str(OPENI_REPORTS), "--images",
+                         str(placeholder_images(OPENI_REPORTS, tmp_path / "png")), "--out", str(out),
+                         "--no-verify-images"]) == 0
+    capsys.readouterr()
+    lines = []
+    for target in ("summary", "findings", "impression", "sections"):
+        ds = studies(out / "train", target=target, max_images=2, use_prior=False, verify_images=False)
+        samples = ds.samples
+        raw = [s[1].findings + " " + s[1].impression if target in ("summary", "sections") else getattr(s[1], target)
+               for s in samples]
+        assert not [s[0] for s in samples if COMPARISON.search(s[2])]
+        assert sum(bool(COMPARISON.search(text)) for text in raw) > 100  # the rules had work to do
+        lines.append(f"{target}: {len(samples)} studies, raw sections with comparison wording "
+                     f"{sum(bool(COMPARISON.search(t)) for t in raw)}, targets with it 0, empty targets "
+                     f"{sum(not s[2] for s in samples)}; {dict(sorted(ds.counts.items()))}")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
