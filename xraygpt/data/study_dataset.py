@@ -106,9 +106,9 @@ class StudyDataset(torch.utils.data.Dataset):
     capabilities = STUDY_FILES
 
     def __init__(self, name: str, studies: StudyFile, vis_processor: Callable, text_processor: Callable[[str], str],
-                 questions: list[str], max_pixels: int, target: str = "summary", max_images: int = 2,
-                 use_prior: bool = False, prior_report: bool = False, keep_comparisons: bool = False,
-                 max_samples: int = 0, language: str = DEFAULT_LANGUAGE):
+                 questions: list[str], max_pixels: int, target: str, max_images: int, use_prior: bool,
+                 prior_report: bool, keep_comparisons: bool, max_samples: int, language: str = DEFAULT_LANGUAGE):
+        # the defaults of these arguments are the builder's (README "Configuration"), defined there once
         if max_images < 1:
             raise DatasetError(f"{name}: max_images must be at least 1, got {max_images}")
         self.name = name
