@@ -118,6 +118,8 @@ def test_server_reads_a_study_sent_in_one_message(model, files):
     pytest.importorskip("fastapi")
     import concurrent.futures
 
+    import openai
+
     from test_serve import client, data_url, image_message, running_server
 
     images = [Image.open(f) for f in files[:4]]
@@ -139,3 +141,11 @@ def test_server_reads_a_study_sent_in_one_message(model, files):
             answers = list(pool.map(ask, [study, single, study, single]))
         assert answers == [expected_study, expected_single] * 2
         assert batcher.stats()["answered"] == 5 and batcher.stats()["largest_batch"] > 1  # batched together
+        # views and indication given (extra fields, like language): shown in reading order with the indication
+        answer = api.chat.completions.create(model="xraygpt", messages=[study], max_tokens=12, extra_body={
+            "views": ["lateral", "PA"], "indication": "Cough."}).choices[0].message.content
+        assert answer == batch_answer(model, [images[1], images[0]], ["PA", "LATERAL"], "Describe the study.", "Cough.")
+        for extra, words in (({"views": ["PA"]}, "1 views for 2 images"), ({"views": ["PA", "sideways"]}, "'sideways'"),
+                             ({"indication": "a ### b"}, "indication contains '###'")):
+            with pytest.raises(openai.BadRequestError, match=words):
+                api.chat.completions.create(model="xraygpt", messages=[study], max_tokens=12, extra_body=extra)

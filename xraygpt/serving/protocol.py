@@ -6,8 +6,10 @@ into a `Conversation`: an optional system text, the (question, answer) turns of 
 template with the image put before the question of the user message that carries it
 (`prompting.with_image`), and that image's URL.  One user message may carry several images, the
 views of one study (at most MAX_STUDY_IMAGES): they are put before its question each tagged with
-a view guessed from its place (first frontal, second lateral, then unknown;
-`xraygpt.data.study_prompts.study_instruction`, as a study sample of training shows them).
+its view (the request's `views`, an extra field like `language`: one name per image, e.g.
+["PA", "lateral"]; without it guessed from the place: first frontal, second lateral, then
+unknown), in reading order (frontal first), with the request's `indication` when given
+(`xraygpt.data.study_prompts.study_instruction`, as a study sample of training shows them).
 Images in two different messages are refused.  Consecutive messages of one role are joined
 with a newline.  A request may name its `language` (an extra field, e.g. `extra_body={"language":
 "zh"}` with OpenAI's client): a user message carrying the image and no text is then asked the
@@ -27,6 +29,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xraygpt.constants import IMAGE_PLACEHOLDER
+from xraygpt.data.studies import UNKNOWN_VIEW, canonical_view, view_rank
 from xraygpt.data.study_prompts import guess_views, study_instruction
 from xraygpt.prompting import with_image
 
@@ -111,6 +114,8 @@ class ChatRequest(_Strict):
     logprobs: Optional[Literal[False]] = None
     user: Optional[str] = None
     language: Optional[str] = None  # not OpenAI's: the language of an image-only message's summary
+    views: Optional[list[str]] = None  # not OpenAI's: the view of each image of the message carrying them
+    indication: Optional[str] = None  # not OpenAI's: why the study was ordered, put before the question
 
     @property
     def answer_tokens(self) -> int | None:
@@ -210,6 +215,25 @@ def _check_reserved(text: str, param: str, end_sym: str) -> None:
                                 "please rephrase without it", param=param, code="invalid_value")
 
 
+def study_views(request: ChatRequest, count: int) -> list[str] | None:
+    """The views of the `count` images of a request (`views`, else guessed); None for one image given
+    without `views` or `indication` (the paper's single-image prompt); APIError for views that do not
+    match the images or name no view."""
+    if count == 1 and request.views is None and request.indication is None:
+        return None
+    if request.views is None:
+        return guess_views(count)
+    if len(request.views) != count:
+        raise APIError(400, f"views names {len(request.views)} views for {count} images", param="views",
+                       code="invalid_value")
+    views = [canonical_view(name) for name in request.views]
+    unknown = [name for name, view in zip(request.views, views) if view == UNKNOWN_VIEW and name.lower() != "unknown"]
+    if unknown:
+        raise APIError(400, f"views: {unknown[0]!r} is not a view (PA, AP, frontal, lateral, LL, unknown, or a "
+                            "MIMIC-CXR ViewPosition)", param="views", code="invalid_value")
+    return views
+
+
 def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | None = None) -> Conversation:
     """The request's messages as a Conversation, or APIError saying what is wrong (see module docstring).
 
@@ -257,12 +281,17 @@ def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | 
     if len(images) > MAX_STUDY_IMAGES:
         raise APIError(400, f"{len(images)} images: a message may carry at most {MAX_STUDY_IMAGES} (the views of "
                             "one study)", param=images[MAX_STUDY_IMAGES][1], code="too_many_images")
+    views = study_views(request, len(images))
+    if views is not None:  # a study: its images in reading order (frontal first), as training shows them
+        order = sorted(range(len(images)), key=lambda k: (view_rank(views[k]), k))
+        images, views = [images[k] for k in order], [views[k] for k in order]
+        _check_reserved(request.indication or "", "indication", end_sym)
     url, param, image_turn = images[0]
 
     def carrying_images(question: str) -> str:
-        if len(images) == 1:
+        if views is None:
             return with_image(question)
-        return study_instruction(guess_views(len(images)), question)
+        return study_instruction(views, question, " ".join((request.indication or "").split()))
 
     out = []
     for turn in turns:
