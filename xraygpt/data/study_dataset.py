@@ -237,7 +237,7 @@ def read_study_source(name: str, root: str, format: str, ann_file: Optional[str]
         raise DatasetError(f"{name}: dataset root {folder} does not exist")
     ann = ann_file or (STUDIES.ann_file if format == STUDIES.name else None)
     if not ann:
-        raise DatasetError(f"{name}: format rexrank needs ann_file (the ReXrank JSON, e.g. ReXRank_MIMICCXR_test.json)")
+        raise DatasetError(f"{name}: format rexrank needs ann_file (the name of the ReXrank test file in root)")
     try:
         if format == STUDIES.name:
             if image_root:
