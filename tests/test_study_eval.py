@@ -139,3 +139,22 @@ def test_vllm_backend_on_studies_gives_the_transformers_answers(tiny_assets, tmp
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in reference]
     assert len(StandInLLM.prompts) == 4  # one prompt per study; s2 shows 3 images + its prior's
     assert max(len(p["prompt_embeds"]) for p in StandInLLM.prompts) > 4 * model.encoder.num_tokens
+
+
+def test_study_source_errors_are_one_line(tiny_assets, checkpoint, tmp_path, capsys):
+    ann = write_rexrank_file(tiny_assets, tmp_path / "rexrank")
+    cfg = yaml.safe_load((REPO / "eval_configs" / "eval_rexrank.yaml").read_text())
+    cfg["model"] = {**tiny_config(tiny_assets, tmp_path)["model"], "ckpt": str(checkpoint)}
+    cfg["datasets"]["rexrank"].update(root=str(ann.parent), ann_file=None, image_root=None)
+    cfg["evaluation"].update(output_dir=str(tmp_path / "out"), progress=False, device="cpu")
+    for change, words in (({}, "format rexrank needs ann_file"),
+                          ({"ann_file": "nope.json"}, "nope.json does not exist"),
+                          ({"ann_file": ann.name, "format": "studies", "image_root": "x"}, "image_root is for format rexrank"),
+                          ({"ann_file": ann.name, "format": "xraygpt"}, "unknown study format 'xraygpt'"),
+                          ({"ann_file": ann.name, "target": "report"}, "unknown study target 'report'")):
+        cfg["datasets"]["rexrank"].update(change)
+        path = write_yaml(cfg, tmp_path / "eval.yaml")
+        assert evaluate.main(["--cfg-path", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        last = err.splitlines()[-1]
+        assert last.startswith("error: ") and words in last and "Traceback" not in err, last
