@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xraygpt import components, registry
 from xraygpt.config import ConfigError, load_config, read_yaml, settings_arguments
-from xraygpt.data.datasets import MixedDataset
+from xraygpt.data.datasets import MixedDataset, mixing_ratios
 from xraygpt.data.formats import DatasetError, capabilities_of, dataset_format
 from xraygpt.data.shards import ShardDataset
 from xraygpt.data.transforms import ImagePreprocessing
@@ -127,12 +127,15 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_to
     A dataset in shards (`format: webdataset`) is streamed for training: it must be the only
     training dataset and is returned as is (the runner splits it across ranks and workers).
     Training datasets read either all or none from a feature cache (a batch holds one kind).
+    Training datasets are mixed by their `sample_ratio` when every one sets it (none: by size;
+    `MixedDataset`); held-out sets are read whole, ratios ignored.
     Returns None for "eval" when no dataset has an `eval_root`.
     """
     components.register_all()
-    built, names = [], []
+    built, names, ratios = [], [], {}
     for name, section in _kwargs(datasets_cfg).items():
         kwargs = dict(section)
+        ratios[name] = kwargs.pop("sample_ratio", None)
         builder = registry.get("dataset", name)
         params = inspect.signature(builder).parameters
         for proc in ("vis_processor", "text_processor"):
@@ -162,7 +165,12 @@ def build_datasets(datasets_cfg: Any, seed: int, split: str = "train", prompt_to
             raise DatasetError(f"datasets {', '.join(names)}: a dataset in shards (format: webdataset) must be the "
                                "only training dataset; write one shard set from all sources instead")
         return built[0]
-    return MixedDataset(built, seed)
+    if split != "train":
+        return MixedDataset(built, seed)
+    try:
+        return MixedDataset(built, seed, ratios=mixing_ratios({name: ratios[name] for name in names}))
+    except ValueError as exc:
+        raise ConfigError(first_line(exc)) from None
 
 
 def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
@@ -187,6 +195,7 @@ def build_feature_cache_job(cfg: DictConfig, dataset: str | None = None):
     if dataset not in datasets:
         raise ValueError(f"dataset {dataset!r} is not in the config (datasets: {', '.join(datasets)})")
     kwargs = dict(datasets[dataset])
+    kwargs.pop("sample_ratio", None)  # how training mixes it, not how it is read
     if "vis_processor" not in kwargs:
         raise ValueError(f"datasets.{dataset} has no images to encode")
     if not dataset_format(kwargs["format"], f"datasets.{dataset}").capabilities.cache_features:

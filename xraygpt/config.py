@@ -237,6 +237,7 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
         proc_keys = tuple(k for k in ("vis_processor", "text_processor") if k in params)
         picked, rest = _split(ds_node, proc_keys)
         extra = {"eval_root": (Optional[str], None)} if "root" in params else {}
+        extra["sample_ratio"] = (Optional[float], None)  # how training mixes it (builders.build_datasets)
         ds_out = OmegaConf.to_container(_validate(rest, signature_schema(builder, f"dataset_{ds_name}", extra), path))
         procs = {
             "vis_processor": {"train": {"name": "medclip_image_train"}, "eval": {"name": "medclip_image_eval"}},
@@ -253,6 +254,11 @@ def validate(cfg: DictConfig, required: tuple[str, ...] = TRAINING_SECTIONS,
                 for split in ("train", "eval")
             }
         out["datasets"][ds_name] = ds_out
+    try:
+        from xraygpt.data.datasets import mixing_ratios
+        mixing_ratios({name: ds["sample_ratio"] for name, ds in out["datasets"].items()})
+    except ValueError as exc:
+        raise ConfigError(first_line(exc)) from None
 
     run = cfg.get("run")
     if run is None and "run" not in required:

@@ -33,6 +33,13 @@ counted and logged once with the first ids, not dropped.  `openi_zh` / `mimic_zh
 builders with `language: zh` by default, so that one config can list a source in two languages
 (the `datasets` keys are builder names): a mixed EN+ZH stage 2 lists `openi` and `openi_zh`.
 
+Mixing (`MixedDataset`): several training datasets make one pass of len = the sum of their
+sizes.  By default a pass is their concatenation, so each source is drawn in proportion to its
+size, every sample once per pass.  With a `sample_ratio` per dataset (MiniGPT-4 / LAVIS's
+name; `datasets.<name>.sample_ratio`) a pass holds draws of each source in proportion to its
+ratio instead (`draws_per_pass`), and a source cycles through its samples in a seeded
+random order, each sample once per cycle, however many passes a cycle spans.
+
 Length-grouped batches (`run.group_by_length`) need each draw's token length before it is
 loaded; the instruction is then drawn from its own RNG seeded by (seed, key, "instruction")
 rather than after the augmentation draws (`MixedDataset.with_instructions_by_key`), and
@@ -41,12 +48,15 @@ rather than after the augmentation draws (`MixedDataset.with_instructions_by_key
 
 from __future__ import annotations
 
+import bisect
 import copy
+import functools
 import logging
+import math
 import random
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -283,18 +293,81 @@ build_openi_zh = _caption_source("openi_zh", "OpenI image-summary pairs in Chine
                                              "language zh).", "zh")
 
 
+def draws_per_pass(sizes: Sequence[int], ratios: Sequence[float]) -> list[int]:
+    """How many of a pass's sum(sizes) draws go to each dataset with sampling `ratios`.
+
+    Each gets its share sum(sizes) * ratio / sum(ratios), rounded by largest remainder (ties to
+    the earlier dataset) so that the counts add up to the pass; a dataset whose share rounds to
+    0 gets 1, taken from the largest count (a positive ratio is never 'never drawn').
+    """
+    if len(sizes) != len(ratios):
+        raise ValueError(f"{len(ratios)} sampling ratios for {len(sizes)} datasets")
+    bad = [r for r in ratios if not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0)]
+    if bad:
+        raise ValueError(f"a sampling ratio must be a finite number > 0, got {bad[0]!r}")
+    total, weight = sum(sizes), float(sum(ratios))
+    if total < len(sizes):
+        raise ValueError(f"{total} samples cannot be shared among {len(sizes)} datasets")
+    exact = [total * r / weight for r in ratios]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    for i, count in enumerate(counts):
+        if count == 0:
+            counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
+            counts[i] = 1
+    return counts
+
+
+def mixing_ratios(ratios: dict[str, float | None]) -> list[float] | None:
+    """The `sample_ratio` of each training dataset ({name: ratio or None}, config order) as a list,
+    or None when no dataset sets one (mixed by size).  ValueError naming the key
+    (`datasets.<name>.sample_ratio`) when one is not a finite number > 0, or when some are set
+    and others not."""
+    for name, ratio in ratios.items():
+        if ratio is not None and not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+                                      and math.isfinite(ratio) and ratio > 0):
+            raise ValueError(f"datasets.{name}.sample_ratio is {ratio!r}: a sampling ratio is a number > 0")
+    given = [name for name, ratio in ratios.items() if ratio is not None]
+    if not given:
+        return None
+    unset = [name for name in ratios if ratios[name] is None]
+    if unset:
+        raise ValueError(f"datasets.{unset[0]}.sample_ratio is not set while datasets.{given[0]}.sample_ratio is: "
+                         "give every training dataset a sample_ratio, or none (mixed by size)")
+    return [float(ratios[name]) for name in ratios]
+
+
+@functools.lru_cache(maxsize=16)
+def _cycle_order(seed: int, member: int, cycle: int, size: int) -> tuple[int, ...]:
+    """The order in which dataset `member` (of `size` samples) is read in its `cycle`-th cycle."""
+    order = list(range(size))
+    random.Random(f"{seed}:mix:{member}:{cycle}").shuffle(order)
+    return tuple(order)
+
+
 class MixedDataset(torch.utils.data.Dataset):
     """Several datasets addressed by draw keys from `ResumableSampler` / `LengthGroupedSampler`.
 
-    A key k selects sample k % len(self) of the concatenation and seeds that draw's RNG with
-    (seed, k), so the same key always gives the same instruction and augmentation.  A
-    ShardDataset member is read in shard order (held-out sets; training streams shards directly).
-    With `instructions_by_key` a draw's instruction comes from its own RNG seeded by
-    (seed, k, "instruction") instead of following the augmentation draws (see `draw_lengths`).
+    A pass is len(self) = the sum of the members' sizes.  Without `ratios`, key k selects sample
+    k % len(self) of the concatenation (each member drawn in proportion to its size).  With
+    `ratios` (one per member, > 0), pass p = k // len(self) gives member m `draws_per_pass`'s
+    count q_m of slots (consecutive slot numbers k % len(self), which the sampler visits in a
+    seeded random order); member m's j-th slot of pass p is its draw p * q_m + j, which reads
+    its samples in a random order seeded by (seed, m, cycle), one cycle per len(member) draws.
+    Either way a key's sample depends on (seed, key) alone, so a resumed run (the sampler
+    skipping arithmetically to its step) draws the same sequence.
+
+    Each draw's RNG is seeded by (seed, k), so the same key always gives the same instruction
+    and augmentation.  A ShardDataset member is read in shard order (held-out sets; training
+    streams shards directly).  With `instructions_by_key` a draw's instruction comes from its own
+    RNG seeded by (seed, k, "instruction") instead of following the augmentation draws (see
+    `draw_lengths`).
     """
 
     def __init__(self, datasets: list[CaptionDataset | ShardDataset | FeatureCaptionDataset], seed: int,
-                 instructions_by_key: bool = False):
+                 instructions_by_key: bool = False, ratios: Optional[Sequence[float]] = None):
         if not datasets:
             raise DatasetError("no dataset configured")
         self.datasets = datasets
@@ -306,6 +379,15 @@ class MixedDataset(torch.utils.data.Dataset):
             self.offsets.append(total)
             total += len(ds)
         self.total = total
+        self.ratios = None if ratios is None else [float(r) for r in ratios]
+        self.quotas: list[int] | None = None
+        self.quota_offsets: list[int] = []
+        if ratios is not None:
+            self.quotas = draws_per_pass([len(ds) for ds in datasets], ratios)
+            self.quota_offsets = [sum(self.quotas[:i]) for i in range(len(self.quotas))]
+            logger.info("mixing by sample_ratio: each pass of %d draws takes %s", total,
+                        ", ".join(f"{q} from {getattr(ds, 'name', i)} ({len(ds)} samples)"
+                                  for i, (q, ds) in enumerate(zip(self.quotas, datasets))))
 
     def __len__(self) -> int:
         return self.total
@@ -320,15 +402,26 @@ class MixedDataset(torch.utils.data.Dataset):
 
     @property
     def samples(self) -> list[tuple]:
-        """The members' samples, in key order (map-style members only: see `capabilities`)."""
+        """The members' samples, concatenated (the key order without `ratios`; map-style members
+        only: see `capabilities`)."""
         return [s for ds in self.datasets for s in ds.samples]
 
+    def locate(self, key: int) -> tuple[int, int]:
+        """(member number, sample index in that member) of draw key `key` (see class docstring)."""
+        if self.quotas is None:
+            index = key % self.total
+            member = bisect.bisect_right(self.offsets, index) - 1
+            return member, index - self.offsets[member]
+        epoch_pass, slot = divmod(key, self.total)
+        member = bisect.bisect_right(self.quota_offsets, slot) - 1
+        drawn = epoch_pass * self.quotas[member] + slot - self.quota_offsets[member]
+        size = len(self.datasets[member])
+        cycle, position = divmod(drawn, size)
+        return member, _cycle_order(self.seed, member, cycle, size)[position]
+
     def _member(self, key: int) -> tuple[CaptionDataset | ShardDataset | FeatureCaptionDataset, int]:
-        index = key % self.total
-        for ds, offset in zip(reversed(self.datasets), reversed(self.offsets)):
-            if index >= offset:
-                return ds, index - offset
-        raise IndexError(key)
+        member, index = self.locate(key)
+        return self.datasets[member], index
 
     def _instruction_index(self, key: int, count: int) -> int:
         return random.Random(f"{self.seed}:{key}:instruction").randrange(count)
@@ -378,6 +471,12 @@ class MixedDataset(torch.utils.data.Dataset):
 
         def lengths(epoch_pass: int) -> list[int]:
             out = []
+            if self.quotas is not None:  # by sample_ratio: each key's member and sample (see `locate`)
+                for key in range(epoch_pass * self.total, (epoch_pass + 1) * self.total):
+                    member, index = self.locate(key)
+                    prompt = prompts[member]
+                    out.append(targets[member][index] + prompt[self._instruction_index(key, len(prompt))])
+                return out
             for offset, target, prompt in zip(self.offsets, targets, prompts):
                 first = epoch_pass * self.total + offset
                 out += [t + prompt[self._instruction_index(first + i, len(prompt))] for i, t in enumerate(target)]
