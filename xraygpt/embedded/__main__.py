@@ -8,6 +8,7 @@
               finding-level P/R/F1 of a finished run on a held-out synthetic split, with image ablations
     report    DIR... [--eval DIR]   loss drop per stage, samples next to references, the scores
     summary   FILE...               one line per findings_metrics.json (e.g. one per seed)
+    vqa-prepare, vqa-evaluate, vqa-summary   the VQA proof (`vqa_proof`; scripts/vqa_proof.sh)
 
 `main(argv)` returns the exit status (0), so tests call it directly.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from xraygpt import runtime
 from xraygpt.embedded.dataset import generate_dataset
+from xraygpt.embedded import vqa_proof
 from xraygpt.embedded.pipeline import evaluate_findings, prepare, report, summarise_seeds
 
 logger = logging.getLogger("xraygpt.embedded")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", type=Path, required=True, help="a synthetic split folder with labels.json")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--seed", type=int, default=0)
+    vqa_proof.add_commands(sub)
     return parser
 
 
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("split counts: %s", counts)
         return 0
     runtime.setup_logging(0)
+    if args.command in vqa_proof.COMMANDS:
+        return vqa_proof.run_command(args)
     if args.command == "prepare":
         prepare(Path(args.out), args.seed, args.num_train, args.force, args.prompt_path)
     elif args.command == "evaluate":

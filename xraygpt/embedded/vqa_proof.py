@@ -1,0 +1,252 @@
+"""The VQA proof on the embedded default: questions about the drawn findings, answered from the image.
+
+A sibling of the summary pipeline (`pipeline.py`), sharing its prepared folder (images, the
+pretrained tiny encoder; `python -m xraygpt.embedded prepare`) and nothing else:
+
+`prepare_vqa(out, prepared, seed)` writes under `out`:
+
+    mimic/, openi/          each source's questions as a SLAKE release (`vqa_world.write_release`):
+                            train.json, validate.json, test.json (English and Chinese), imgs -> the source
+    mimic/stage0_train.jsonl  stage 0's text-only conversations: slot words + question -> answer
+    llm_tiny/               a tiny LLaMA whose SentencePiece tokenizer (`assets.write_tiny_llm`) is
+                            trained on the English summary texts (as `prepare`'s) and on the questions
+                            and answers in both languages, so Chinese characters are pieces of their own
+    COMPLETE.json           the settings it was prepared with (a rerun with equal ones is skipped)
+
+The generator seeds of the sources are `prepare`'s: `seed` for mimic and `seed + 1` for openi
+(`SOURCE_SEED_OFFSETS`; `vqa_world.image_cases` checks them against every caption).
+
+`evaluate_vqa(run, releases, out)` answers the held-out questions (the `test.json` of each
+release) with a trained run three ways, as `pipeline.evaluate_findings` writes summaries:
+`image` (each question with its own image), `shuffled` (each question with the image of
+another one: a seeded derangement of the distinct images, so no question keeps its image even
+when several questions share one, which `evaluation.generate`'s key + 1 rule would not
+guarantee) and `blank` (a black image).  It writes predictions_<mode>.jsonl and
+vqa_metrics.json: per mode `evaluation.vqa_metrics` (closed-question accuracy, open-question
+exact match and token recall, per language) and the same per question kind.  `proof_lines`
+gives one line per run and language with the bars: closed accuracy >= CLOSED_BAR with the
+image and <= SHUFFLED_BAR with shuffled images, in each language.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+from xraygpt.atomic import atomic_write_text
+from xraygpt.embedded import vqa_world
+
+logger = logging.getLogger(__name__)
+
+SOURCE_SEED_OFFSETS = {"mimic": 0, "openi": 1}  # as `pipeline.prepare` seeds generate_dataset per source
+VQA_VERSION = 1  # bump when what prepare_vqa writes changes
+COMPLETE_MARKER = "COMPLETE.json"
+MODES = ("image", "shuffled", "blank")
+CLOSED_BAR, SHUFFLED_BAR = 0.90, 0.60
+
+
+def prepare_vqa(out: Path, prepared: Path, seed: int = 0, prompt_path: str = "prompts/alignment.txt",
+                force: bool = False) -> Path:
+    """Write the questions, stage 0's conversations and the tiny LLM under `out` (module docstring).
+
+    `prepared` is a folder written by `python -m xraygpt.embedded prepare --seed seed`.
+    """
+    from xraygpt.embedded.assets import conversation_texts, write_tiny_llm
+    from xraygpt.prompting import load_instructions
+
+    marker = out / COMPLETE_MARKER
+    settings = {"version": VQA_VERSION, "seed": seed, "prepared": str(prepared.resolve())}
+    if marker.is_file() and not force and json.loads(marker.read_text()) == settings:
+        logger.info("VQA proof already prepared in %s", out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    questions = {}
+    for source, offset in SOURCE_SEED_OFFSETS.items():
+        questions[source] = vqa_world.write_release(out / source, prepared / "data" / source, seed + offset, seed)
+        counts = {split: len(qs) for split, qs in questions[source].items()}
+        logger.info("%s questions (both languages): %s", source, counts)
+    slots = json.loads((prepared / "data" / "mimic" / "train" / "slots.json").read_text())
+    conversations = vqa_world.stage0_conversations(questions["mimic"]["train"], slots)
+    atomic_write_text(out / "mimic" / "stage0_train.jsonl",
+                      "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations))
+    annotations = json.loads((prepared / "data" / "mimic" / "train" / "filter_cap.json").read_text())["annotations"]
+    texts = conversation_texts([a["caption"] for a in annotations], load_instructions(prompt_path), random.Random(seed))
+    texts += vqa_world.template_texts(questions["mimic"]["train"] + questions["openi"]["train"])
+    write_tiny_llm(out / "llm_tiny", texts, seed)
+    atomic_write_text(marker, json.dumps(settings))
+    return out
+
+
+def shuffled_images(files: list[Path], seed: int) -> dict[Path, Path]:
+    """A seeded derangement of the distinct image files: file -> another file (needs >= 2 files)."""
+    distinct = sorted(set(files))
+    if len(distinct) < 2:
+        raise ValueError("shuffling needs at least two distinct images")
+    random.Random(f"vqa-shuffle:{seed}").shuffle(distinct)
+    return {f: distinct[(i + 1) % len(distinct)] for i, f in enumerate(distinct)}
+
+
+def evaluate_vqa(run_dir: Path, releases: list[Path], out_dir: Path, seed: int = 0, batch_size: int = 64,
+                 max_new_tokens: int = 16, split: str = "test") -> dict:
+    """Answer the `split` questions of each release with the run's final weights in the three MODES and
+    score them (module docstring).  Writes predictions_<mode>.jsonl and vqa_metrics.json to `out_dir`."""
+    from xraygpt import builders
+    from xraygpt.config import load_config
+    from xraygpt.data.datasets import MixedDataset
+    from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval, decode_image
+    from xraygpt.data.vqa import build_vqa_dataset
+    from xraygpt.evaluation.generate import blank_image, generate_fitting, load_samples
+    from xraygpt.evaluation.vqa_metrics import format_vqa_metrics, vqa_metrics
+    from xraygpt.models.generation import GenerationSettings
+
+    cfg = load_config(run_dir / "config.yaml", [f"model.ckpt={run_dir / 'checkpoints' / 'checkpoint_last.pt'}"])
+    model = builders.build_model(cfg.model, seed)
+    model.eval()
+    processor = MedCLIPImageEval(preprocessing=model.image_preprocessing)
+    members = [build_vqa_dataset(f"vqa_{Path(r).name}", str(r), "slake", split, None, None, None, "{question}", 0,
+                                 True, 50_000_000, processor, CaptionProcessor()) for r in releases]
+    dataset = MixedDataset(members, seed)
+    keys = list(range(len(dataset)))
+    files = {}
+    kinds = {}
+    for key in keys:
+        member, index = dataset.locate(key)
+        sample = dataset.datasets[member].samples[index]
+        files[key] = sample.image
+        kinds[sample.sample_id] = _kind_of(Path(releases[member]), split, sample.sample_id)
+    other = shuffled_images(list(files.values()), seed)
+    encoded: dict[Path, object] = {}
+
+    def image_of(path: Path):
+        if path not in encoded:
+            encoded[path] = processor(decode_image(path, 50_000_000))
+        return encoded[path]
+
+    blank = blank_image(processor, processor.image_size)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for mode in MODES:
+        rows: dict[int, dict] = {}
+        for start in range(0, len(keys), 4 * batch_size):
+            window = keys[start:start + 4 * batch_size]
+            samples = load_samples(dataset, window, "blank" if mode == "blank" else "image", blank)
+            for key, sample in zip(window, samples):
+                sample["key"] = key
+                if mode == "shuffled":
+                    sample["pixel_values"] = image_of(other[files[key]])
+                    sample["image_source"] = other[files[key]].stem
+
+            def emit(batch, batch_rows):
+                for sample, row in zip(batch, batch_rows):
+                    rows[sample["key"]] = {**row, "vqa": sample["vqa"], **kinds[sample["image_id"]]}
+
+            batch_size = generate_fitting(model, samples, batch_size, emit, generation=generation)
+        ordered = [rows[key] for key in keys]
+        if mode == "shuffled":
+            assert all(r["image_source"] != files[k].stem for k, r in zip(keys, ordered)), "a question kept its image"
+        atomic_write_text(out_dir / f"predictions_{mode}.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+        metrics = vqa_metrics(ordered)
+        by_kind = {kind: vqa_metrics([r for r in ordered if r["kind"] == kind])["by_language"]
+                   for kind in sorted({r["kind"] for r in ordered})}
+        results[mode] = {**metrics, "by_kind": by_kind}
+        logger.info("VQA with %s images:\n%s", mode, format_vqa_metrics(metrics))
+    atomic_write_text(out_dir / "vqa_metrics.json", json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+_RELEASE_KINDS: dict[Path, dict[str, dict]] = {}
+
+
+def _kind_of(release: Path, split: str, sample_id: str) -> dict:
+    """{kind, finding} of a question, from its release entry (the extra fields `write_release` adds)."""
+    path = release / vqa_world.RELEASE_FILES["val" if split in ("val", "validate") else split]
+    if path not in _RELEASE_KINDS:
+        _RELEASE_KINDS[path] = {str(e["qid"]): {"kind": e.get("kind", "?"), "finding": e.get("finding", "?")}
+                                for e in json.loads(path.read_text())}
+    return _RELEASE_KINDS[path][sample_id.split(":", 1)[1]]
+
+
+def language_figures(result: dict, language: str) -> dict:
+    """{closed accuracy per mode, open exact match with the image, counts} of one language of vqa_metrics.json."""
+    figures = {}
+    for mode in MODES:
+        block = result[mode]["by_language"].get(language)
+        figures[mode] = block["closed"]["accuracy"] if block else None
+    image = result["image"]["by_language"].get(language) or {}
+    figures["open_exact"] = image.get("open", {}).get("exact_match")
+    figures["closed_count"] = image.get("closed", {}).get("count", 0)
+    figures["open_count"] = image.get("open", {}).get("count", 0)
+    return figures
+
+
+def verdict(figures: dict) -> list[str]:
+    """The bars one language of one run misses (empty when it clears them)."""
+    missed = []
+    if figures["image"] is None or figures["image"] < CLOSED_BAR:
+        missed.append(f"closed accuracy with the image {figures['image']} < {CLOSED_BAR}")
+    if figures["shuffled"] is None or figures["shuffled"] > SHUFFLED_BAR:
+        missed.append(f"closed accuracy with shuffled images {figures['shuffled']} > {SHUFFLED_BAR}")
+    return missed
+
+
+def proof_lines(metric_files: list[Path]) -> str:
+    """One line per run (vqa_metrics.json) and language: closed accuracy image / shuffled / blank, open
+    exact match, the question counts and the bars missed; then whether every bar holds."""
+    def fig(v):
+        return f"{v:.3f}" if v is not None else "-"
+
+    lines = [f"{'run':<44}{'lang':>5}{'image':>8}{'shuffled':>10}{'blank':>8}{'open EM':>9}{'closed n':>10}"
+             f"{'open n':>8}  bars"]
+    every = True
+    for path in metric_files:
+        result = json.loads(path.read_text())
+        for language in vqa_world.LANGUAGES:
+            f = language_figures(result, language)
+            missed = verdict(f)
+            every = every and not missed
+            lines.append(f"{str(path.parent):<44}{language:>5}{fig(f['image']):>8}{fig(f['shuffled']):>10}"
+                         f"{fig(f['blank']):>8}{fig(f['open_exact']):>9}{f['closed_count']:>10}{f['open_count']:>8}  "
+                         f"{'; '.join(missed) if missed else 'all met'}")
+    lines.append(f"bars: closed accuracy >= {CLOSED_BAR} with the image and <= {SHUFFLED_BAR} with shuffled images, "
+                 f"each language: {'every bar met' if every else 'NOT every bar met'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+COMMANDS = ("vqa-prepare", "vqa-evaluate", "vqa-summary")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The VQA proof's subcommands of `python -m xraygpt.embedded`."""
+    p = sub.add_parser("vqa-prepare", help="questions (English and Chinese) and a tiny LLM for the VQA proof")
+    p.add_argument("--out", type=Path, required=True, help="the VQA folder to write")
+    p.add_argument("--prepared", type=Path, default=Path("dataset/embedded"), help="a folder written by `prepare`")
+    p.add_argument("--seed", type=int, default=0, help="the seed `prepare` was given")
+    p.add_argument("--prompt-path", default="prompts/alignment.txt")
+    p.add_argument("--force", action="store_true")
+    e = sub.add_parser("vqa-evaluate", help="closed/open accuracy on held-out questions: image, shuffled, blank")
+    e.add_argument("--run", type=Path, required=True, help="a finished stage-1/2 output_dir")
+    e.add_argument("--release", type=Path, action="append", required=True, help="a release folder (repeatable)")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    m = sub.add_parser("vqa-summary", help="one line per vqa_metrics.json and language, with the bars")
+    m.add_argument("metric_files", nargs="+", type=Path)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one of COMMANDS; returns the exit status (0)."""
+    if args.command == "vqa-prepare":
+        prepare_vqa(args.out, args.prepared, args.seed, args.prompt_path, args.force)
+    elif args.command == "vqa-evaluate":
+        evaluate_vqa(args.run, args.release, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    else:
+        sys.stdout.write(proof_lines(args.metric_files) + "\n")
+    return 0
