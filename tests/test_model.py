@@ -114,6 +114,22 @@ def test_projector_norm_normalises_each_token_and_checkpoints_must_match(model, 
     assert torch.equal(again.projector.proj.weight, normed.projector.proj.weight)
 
 
+def test_projector_init_zeros_starts_at_the_zero_vector_and_then_learns(model, tiny_model_factory):
+    zero = tiny_model_factory(seed=5, projector_init="zeros")
+    feats = torch.randn(2, zero.encoder.num_tokens, zero.encoder.output_dim)
+    with torch.no_grad():
+        assert torch.count_nonzero(zero.project_features(feats)) == 0
+        assert torch.count_nonzero(model.project_features(feats)) > 0  # the default keeps nn.Linear's init
+    # The gradient at zero weights is not zero: one step moves the image tokens off the zero vector.
+    samples = _samples(2, seed=1)
+    batch = TrainCollator(zero.prompt_tokenizer)(samples)
+    zero.train()
+    zero(**batch)["loss"].backward()
+    assert zero.projector.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="projector_init must be one of"):
+        tiny_model_factory(projector_init="orthogonal")
+
+
 def test_beam_search_and_sampling_run_batched(model):
     samples = _samples(3, seed=4)
     batch = GenerationCollator(model.prompt_tokenizer)(samples)

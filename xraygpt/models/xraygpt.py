@@ -64,6 +64,8 @@ class XrayGPT(nn.Module):
         projector_bias: whether the projection has a bias.
         projector_norm: parameter-free normalisation of the frozen feature tokens before the
             projection: `none` or `layernorm` (see xraygpt.models.projector).
+        projector_init: the projection's initial weights: `default` (nn.Linear's) or `zeros`
+            (see xraygpt.models.projector).
     """
 
     # The projector's saved normalisation flag, which a checkpoint must match.
@@ -82,13 +84,14 @@ class XrayGPT(nn.Module):
         freeze_llm: bool = True,
         projector_bias: bool = True,
         projector_norm: str = "none",
+        projector_init: str = "default",
     ):
         super().__init__()
         self.encoder = encoder
         self.llm = llm
         hidden = llm.get_input_embeddings().embedding_dim
         self.projector = LinearProjector(encoder.output_dim, hidden, bias=projector_bias,
-                                         norm=projector_norm)
+                                         norm=projector_norm, init=projector_init)
         self.projector.to(torch.float32)
         self.tokenizer = tokenizer
         self.prompt_tokenizer = PromptTokenizer(tokenizer, prompt_format, encoder.num_tokens)
