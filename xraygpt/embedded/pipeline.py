@@ -5,9 +5,9 @@
     data/mimic/{train,val,test}/   synthetic images + summaries (XrayGPT layout), 112 px, with
                                    slots.json (findings on the encoder's 7 x 7 grid, stage 0's context)
     data/openi/{train,val,test}/   a second, smaller synthetic source for stage 2
-    data/encoder_pretrain/train/   4x as many images, used only to pretrain the tiny encoder
+    data/encoder_pretrain/train/   4x as many images (with slots.json), used only to pretrain the tiny encoder
     medclip_tiny/                  the tiny MedCLIP-format encoder (`assets.write_tiny_encoder`),
-                                   pretrained (3000 steps, ~4.5 CPU minutes) on the findings
+                                   pretrained (3000 steps, ~4.5 CPU minutes) on the findings and where each is drawn
     llm_tiny/                      the tiny LLaMA + tokenizer (`assets.write_tiny_llm`)
     COMPLETE.json                  the settings it was prepared with (a rerun with equal ones is skipped)
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE.json"
 # Bump when what `prepare` writes changes, so stale folders are regenerated.
-EMBEDDED_VERSION = 4
+EMBEDDED_VERSION = 5
 
 
 def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False,
@@ -57,7 +57,7 @@ def prepare(out: Path, seed: int = 0, num_train: int = 1000, force: bool = False
     # The encoder's own pretraining set (like MedCLIP's, larger than and disjoint from the
     # summary data the aligner trains and is tested on).
     generate_dataset(out / "data" / "encoder_pretrain", num_train=4 * num_train, num_val=0, num_test=0,
-                     seed=seed + 2, image_size=112)
+                     seed=seed + 2, image_size=112, slot_grid=token_grid(TINY_SWIN))
     write_tiny_encoder(out / "medclip_tiny", seed, train_split=out / "data" / "encoder_pretrain" / "train", steps=encoder_steps)
     captions = [a["caption"] for a in json.loads((out / "data" / "mimic" / "train" / "filter_cap.json").read_text())["annotations"]]
     texts = conversation_texts(captions, load_instructions(prompt_path), random.Random(seed))
