@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from xraygpt.embedded.__main__ import main
@@ -388,3 +389,32 @@ def test_slots_mirror_where_each_finding_is_drawn(tmp_path: Path) -> None:
 def test_slot_grid_must_divide_the_image_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a multiple of the slot grid 5"):
         generate_dataset(tmp_path, num_train=2, num_val=0, num_test=0, seed=0, image_size=112, slot_grid=5)
+
+
+def test_encoder_pretraining_reads_each_tokens_own_finding_from_slots(tmp_path: Path, monkeypatch) -> None:
+    """`load_slot_cells` turns slots.json into per-token classes (0 filler, 1 + FINDINGS index), and
+    `write_tiny_encoder` pretrains with them when its split has slots.json (blank images: all 0)."""
+    from xraygpt.embedded import assets
+    from xraygpt.embedded.slots import FILLER, SLOT_WORDS
+
+    generate_dataset(tmp_path / "data", num_train=12, num_val=0, num_test=0, seed=3, image_size=112, slot_grid=7)
+    split = tmp_path / "data" / "train"
+    cells = assets.load_slot_cells(split)
+    slots = json.loads((split / "slots.json").read_text())
+    assert cells.shape == (12, 49)
+    for row, items in zip(cells.tolist(), slots.values()):
+        words = [FILLER] + [SLOT_WORDS[f] for f in FINDINGS]
+        assert [words[c] for c in row] == items.split(" ")
+    seen = {}
+
+    def fake_pretrain(encoder, images, labels, steps, seed, cells=None):
+        seen.update(images=len(images), cells=cells)
+        return 1.0
+
+    monkeypatch.setattr(assets, "pretrain_tiny_encoder", fake_pretrain)
+    assets.write_tiny_encoder(tmp_path / "enc", seed=0, train_split=split, steps=1)
+    assert seen["cells"] is not None and seen["cells"].shape == (seen["images"], 49)
+    assert torch.equal(seen["cells"][:12], cells) and not seen["cells"][12:].any()  # blank images: filler
+    (split / "slots.json").unlink()
+    assets.write_tiny_encoder(tmp_path / "enc2", seed=0, train_split=split, steps=1)
+    assert seen["cells"] is None
