@@ -7,10 +7,12 @@ pretrained tiny encoder; `python -m xraygpt.embedded prepare`) and nothing else:
 
     mimic/, openi/          each source's questions as a SLAKE release (`vqa_world.write_release`):
                             train.json, validate.json, test.json (English and Chinese), imgs -> the source
-    mimic/stage0_train.jsonl  stage 0's text-only conversations: slot words + question -> answer
+    mimic/slots_sided.json  stage 0's slot words with the lung findings' sides (`vqa_world.sided_slots`)
+    mimic/stage0_train.jsonl  stage 0's text-only conversations: slot words + questions -> answers
     llm_tiny/               a tiny LLaMA whose SentencePiece tokenizer (`assets.write_tiny_llm`) is
-                            trained on the English summary texts (as `prepare`'s) and on the questions
-                            and answers in both languages, so Chinese characters are pieces of their own
+                            trained on the English summary texts (as `prepare`'s), stage 0's conversations
+                            and the questions and answers in both languages, so Chinese characters and
+                            each slot item are pieces of their own (`check_slot_tokens`)
     COMPLETE.json           the settings it was prepared with (a rerun with equal ones is skipped)
 
 The generator seeds of the sources are `prepare`'s: `seed` for mimic and `seed + 1` for openi
@@ -23,7 +25,9 @@ another one: a seeded derangement of the distinct images, so no question keeps i
 when several questions share one, which `evaluation.generate`'s key + 1 rule would not
 guarantee) and `blank` (a black image).  It writes predictions_<mode>.jsonl and
 vqa_metrics.json: per mode `evaluation.vqa_metrics` (closed-question accuracy, open-question
-exact match and token recall, per language) and the same per question kind.  `proof_lines`
+exact match and token recall, per language) and the same per question kind.  Each prediction
+row holds the question's own image (`image`: release/stem, e.g. `openi/test_000001`) and the one it was
+shown (`image_source`).  `proof_lines`
 gives one line per run and language with the bars: closed accuracy >= CLOSED_BAR with the
 image and <= SHUFFLED_BAR with shuffled images, in each language.
 """
@@ -43,10 +47,13 @@ from xraygpt.embedded import vqa_world
 logger = logging.getLogger(__name__)
 
 SOURCE_SEED_OFFSETS = {"mimic": 0, "openi": 1}  # as `pipeline.prepare` seeds generate_dataset per source
-VQA_VERSION = 1  # bump when what prepare_vqa writes changes
+VQA_VERSION = 2  # bump when what prepare_vqa writes changes
 COMPLETE_MARKER = "COMPLETE.json"
 MODES = ("image", "shuffled", "blank")
 CLOSED_BAR, SHUFFLED_BAR = 0.90, 0.60
+# How many more times the training slots join the tokenizer's texts, tried in turn until each slot item
+# (`o`, `cardiomegaly`, `reffusion`, `lnodule`, ...) is one piece of the 512 (the first that works is kept).
+SLOT_TEXT_REPEATS = (0, 1, 2, 4, 8)
 
 
 def prepare_vqa(out: Path, prepared: Path, seed: int = 0, prompt_path: str = "prompts/alignment.txt",
@@ -70,16 +77,33 @@ def prepare_vqa(out: Path, prepared: Path, seed: int = 0, prompt_path: str = "pr
         questions[source] = vqa_world.write_release(out / source, prepared / "data" / source, seed + offset, seed)
         counts = {split: len(qs) for split, qs in questions[source].items()}
         logger.info("%s questions (both languages): %s", source, counts)
-    slots = json.loads((prepared / "data" / "mimic" / "train" / "slots.json").read_text())
-    conversations = vqa_world.stage0_conversations(questions["mimic"]["train"], slots)
+    slots = json.loads((out / "mimic" / vqa_world.SIDED_SLOTS_FILE).read_text())
+    conversations = vqa_world.stage0_conversations(questions["mimic"]["train"], slots, seed)
     atomic_write_text(out / "mimic" / "stage0_train.jsonl",
                       "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations))
     annotations = json.loads((prepared / "data" / "mimic" / "train" / "filter_cap.json").read_text())["annotations"]
     texts = conversation_texts([a["caption"] for a in annotations], load_instructions(prompt_path), random.Random(seed))
-    texts += vqa_world.template_texts(questions["mimic"]["train"] + questions["openi"]["train"])
-    write_tiny_llm(out / "llm_tiny", texts, seed)
+    texts += vqa_world.conversation_texts(conversations) + vqa_world.template_texts(questions["openi"]["train"])
+    train_slots = [slots[image_id] for image_id in sorted(slots) if image_id.startswith("train_")]
+    for repeats in SLOT_TEXT_REPEATS:  # the slot texts again, more often, until every slot item is one piece
+        write_tiny_llm(out / "llm_tiny", texts + train_slots * repeats, seed)
+        if not check_slot_tokens(out / "llm_tiny", slots):
+            break
     atomic_write_text(marker, json.dumps(settings))
     return out
+
+
+def check_slot_tokens(llm: Path, slots: dict[str, str]) -> list[str]:
+    """The slot items that the tokenizer in `llm` does not make one token (logged; [] when each is one,
+    so that the 49 slot items of stage 0 line up with the 49 image tokens of stages 1-2)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(llm), local_files_only=True)
+    items = sorted({item for slot in slots.values() for item in slot.split(" ")})
+    split = [item for item in items if len(tokenizer(item, add_special_tokens=False)["input_ids"]) != 1]
+    if split:
+        logger.warning("slot items that are not one token of %s: %s", llm, ", ".join(split))
+    return split
 
 
 def shuffled_images(files: list[Path], seed: int) -> dict[Path, Path]:
@@ -112,12 +136,12 @@ def evaluate_vqa(run_dir: Path, releases: list[Path], out_dir: Path, seed: int =
                                  True, 50_000_000, processor, CaptionProcessor()) for r in releases]
     dataset = MixedDataset(members, seed)
     keys = list(range(len(dataset)))
-    files = {}
-    kinds = {}
+    files, names, kinds = {}, {}, {}
     for key in keys:
         member, index = dataset.locate(key)
         sample = dataset.datasets[member].samples[index]
         files[key] = sample.image
+        names[sample.image] = f"{Path(releases[member]).name}/{sample.image.stem}"  # e.g. openi/test_000001
         kinds[sample.sample_id] = _kind_of(Path(releases[member]), split, sample.sample_id)
     other = shuffled_images(list(files.values()), seed)
     encoded: dict[Path, object] = {}
@@ -140,16 +164,17 @@ def evaluate_vqa(run_dir: Path, releases: list[Path], out_dir: Path, seed: int =
                 sample["key"] = key
                 if mode == "shuffled":
                     sample["pixel_values"] = image_of(other[files[key]])
-                    sample["image_source"] = other[files[key]].stem
+                sample["image_source"] = {"image": names[files[key]], "shuffled": names[other[files[key]]]}.get(mode, "blank")
 
             def emit(batch, batch_rows):
                 for sample, row in zip(batch, batch_rows):
-                    rows[sample["key"]] = {**row, "vqa": sample["vqa"], **kinds[sample["image_id"]]}
+                    rows[sample["key"]] = {**row, "image": names[files[sample["key"]]], "vqa": sample["vqa"],
+                                           **kinds[sample["image_id"]]}
 
             batch_size = generate_fitting(model, samples, batch_size, emit, generation=generation)
         ordered = [rows[key] for key in keys]
-        if mode == "shuffled":
-            assert all(r["image_source"] != files[k].stem for k, r in zip(keys, ordered)), "a question kept its image"
+        if mode == "shuffled" and any(r["image_source"] == r["image"] for r in ordered):
+            raise AssertionError("a question kept its own image in the shuffled ablation")
         atomic_write_text(out_dir / f"predictions_{mode}.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
         metrics = vqa_metrics(ordered)

@@ -22,16 +22,29 @@ seeding stops with an error instead of writing wrong answers.
 `write_release` writes one source's questions in SLAKE's release layout (`xraygpt.data.vqa`
 reads it as `format: slake`; the VQA-RAD reader is English-only, SLAKE's has `q_lang`):
 `train.json`, `validate.json` (the val split) and `test.json`, and `imgs` a relative link to the
-source folder (image names `<split>/image/<image_id>.png`).  `stage0_conversations` turns a
-split's questions into stage 0's text-only conversations, the image slot holding the image's
-`slots.json` words (`<Img>o o effusion ...</Img> question` -> answer), as stage 0 reads the
-summaries; `template_texts` are the template-formatted texts a tokenizer is trained on.
+source folder (image names `<split>/image/<image_id>.png`).
+
+Stage 0 reads the image slot as words (`slots.json` of `prepare`: the finding drawn in each
+cell of the encoder's 7 x 7 grid, `o` elsewhere).  There, which side a finding is on is only
+*where* its word sits (a cell's column), which a 2-layer LLM reads poorly (measured: side
+answers near chance even from the words); but the frozen encoder's tokens show the side in
+their content (a linear probe on single cells: 0.96-0.98 for effusion and pneumothorax, 0.78
+for a nodule cell).  So `sided_slots` writes the lung findings' words with their side,
+`reffusion` / `leffusion`, `rpneumothorax`, `rnodule`, ... (`SIDED_WORDS`; the patient's side,
+from the drawn case), which stage 1's projection can produce from what a token shows.
+`stage0_conversations` turns a split's questions into stage 0's text-only conversations, one
+per image and language, the slot holding those words and the image's questions following one
+per turn (`<Img>o o reffusion ...</Img> question` -> answer, next question -> answer, ...: an
+answer is a token or two, so several per conversation keep them from being drowned by the
+summaries' long targets in the token-averaged loss); `template_texts` and `conversation_texts`
+are the texts a tokenizer is trained on (the slot words included, so each slot item is one token).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -72,6 +85,12 @@ ZH_SIDE, ZH_ZONE = {"right": "右", "left": "左"}, {"upper": "上", "mid": "中
 # question kind -> SLAKE's content_type for it
 CONTENT_TYPES = {"presence": "Abnormality", "size": "Size", "side": "Position", "where": "Position"}
 RELEASE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+SIDED_SLOTS_FILE = "slots_sided.json"  # image_id -> `sided_slots` text, every split's
+
+
+SLOT_FILLER = "o"  # `slots.FILLER`
+SIDED_WORDS = {"effusion": "pleural_effusion", "pneumothorax": "pneumothorax", "nodule": "nodule"}  # slot word -> finding
+SIDE_PREFIX = {"right": "r", "left": "l"}
 
 
 class CaseMismatch(ValueError):
@@ -126,6 +145,39 @@ def nodule_lung(case: Case) -> str:
     """right | left | both: the lungs holding the case's nodules."""
     sides = {side for side, _ in case.nodule_sites()}
     return sides.pop() if len(sides) == 1 else "both"
+
+
+def cell_side(case: Case, word: str, row: int, col: int, grid: int) -> str:
+    """The patient side of the finding drawn in cell (row, col): the case's side for an effusion or a
+    pneumothorax, the nearest nodule's for a nodule (cell centre taken back to body coordinates)."""
+    if word == "effusion":
+        return case.effusion_side
+    if word == "pneumothorax":
+        return case.ptx_side
+    gx, gy = -1 + (2 * col + 1) / grid, -1 + (2 * row + 1) / grid
+    c, s = math.cos(case.rotation), math.sin(case.rotation)
+    dx, dy = gx - case.shift_x, gy - case.shift_y
+    x, y = (c * dx + s * dy) / case.scale, (-s * dx + c * dy) / case.scale
+    nearest = min(range(len(case.nodules)), key=lambda i: math.hypot(case.nodules[i][0] - x, case.nodules[i][1] - y))
+    return case.nodule_sites()[nearest][0]
+
+
+def sided_slots(cases: dict[str, Case], slots: dict[str, str]) -> dict[str, str]:
+    """image_id -> its slot text (`slots.json`) with each lung finding's word prefixed by its side
+    (`r` / `l`: `reffusion`, `lnodule`; see module docstring); `cardiomegaly` and `o` unchanged."""
+    out = {}
+    for image_id, case in cases.items():
+        items = slots[image_id].split(" ")
+        grid = math.isqrt(len(items))
+        if grid * grid != len(items):
+            raise ValueError(f"slot of {image_id} has {len(items)} items, not a square grid")
+        for n, word in enumerate(items):
+            if word in SIDED_WORDS:
+                if SIDED_WORDS[word] not in case.findings:
+                    raise ValueError(f"slot of {image_id} shows {word!r}, which its case does not have")
+                items[n] = SIDE_PREFIX[cell_side(case, word, *divmod(n, grid), grid)] + word
+        out[image_id] = " ".join(items)
+    return out
 
 
 def balanced_images(cases: dict[str, Case], finding: str, rng: random.Random) -> list[str]:
@@ -188,7 +240,8 @@ def write_release(release: Path, source: Path, generator_seed: int, seed: int,
 
     Args:
         release: the release folder (created; `imgs` is made a relative link to `source`).
-        source: a folder written by `generate_dataset` (its `<split>/` folders).
+        source: a folder written by `generate_dataset` (its `<split>/` folders); when they hold
+            `slots.json`, `SIDED_SLOTS_FILE` gets every split's `sided_slots`.
         generator_seed: the `seed` that `generate_dataset` was given for `source`.
         seed: seeds the balanced sets and the phrasings.
     Returns {split: its questions}.
@@ -200,11 +253,16 @@ def write_release(release: Path, source: Path, generator_seed: int, seed: int,
         link.unlink()
     if not link.is_symlink():
         link.symlink_to(target, target_is_directory=True)
-    out = {}
+    out, sided = {}, {}
     for split in splits:
-        questions = split_questions(image_cases(source / split, generator_seed, split), seed=split_seed(seed, split))
+        cases = image_cases(source / split, generator_seed, split)
+        questions = split_questions(cases, seed=split_seed(seed, split))
         write_json(release / RELEASE_FILES[split], slake_entries(questions, split))
         out[split] = questions
+        if (source / split / "slots.json").is_file():
+            sided.update(sided_slots(cases, json.loads((source / split / "slots.json").read_text())))
+    if sided:
+        write_json(release / SIDED_SLOTS_FILE, sided)
     return out
 
 
@@ -213,13 +271,30 @@ def split_seed(seed: int, split: str) -> int:
     return seed * 10 + SPLITS.index(split)
 
 
-def stage0_conversations(questions: list[Question], slots: dict[str, str]) -> list[dict]:
-    """Stage 0's conversations (`conversations` dataset format): the image slot holds the image's
-    slot words (`slots.json`), then the question; the answer is the assistant's turn."""
-    return [{"id": f"{q.image_id}:{q.kind}:{q.finding}:{q.language}",
-             "turns": [{"role": "user", "content": with_image(q.question).replace(IMAGE_PLACEHOLDER, slots[q.image_id])},
-                       {"role": "assistant", "content": q.answer}]}
-            for q in questions]
+def stage0_conversations(questions: list[Question], slots: dict[str, str], seed: int = 0) -> list[dict]:
+    """Stage 0's conversations (`conversations` dataset format), one per image and language: the
+    first turn is the image slot (its slot words, e.g. `sided_slots`) and a question, every
+    following turn another question about that image, in a seeded order; the answers are the
+    assistant's turns."""
+    grouped: dict[tuple[str, str], list[Question]] = {}
+    for q in questions:
+        grouped.setdefault((q.image_id, q.language), []).append(q)
+    conversations = []
+    for (image_id, language), group in grouped.items():
+        group = list(group)
+        random.Random(f"stage0:{seed}:{image_id}:{language}").shuffle(group)
+        turns = []
+        for n, q in enumerate(group):
+            user = with_image(q.question).replace(IMAGE_PLACEHOLDER, slots[image_id]) if n == 0 else q.question
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": q.answer}]
+        conversations.append({"id": f"{image_id}:{language}", "turns": turns})
+    return conversations
+
+
+def conversation_texts(conversations: list[dict]) -> list[str]:
+    """Each conversation as the training template writes it (`###Doctor: ... ###Assistant: ...###`)."""
+    return ["".join(DEFAULT_PROMPT_TEMPLATE.format(c["turns"][i]["content"]) + c["turns"][i + 1]["content"]
+                    + DEFAULT_END_SYM for i in range(0, len(c["turns"]), 2)) for c in conversations]
 
 
 def template_texts(questions: list[Question]) -> list[str]:
