@@ -34,7 +34,8 @@ counts) becomes its decimal text; case and spacing of answers are kept for train
 metrics normalise them, `xraygpt.evaluation.vqa_metrics`).  A sample trains as one turn of the
 training template: `<Img><ImageHere></Img> {question}` (`question_template` may wrap the
 question) -> the answer, so a VQA source mixes with summary sources in one stage-2 run
-(`MixedDataset`: each source drawn in proportion to its size; `max_samples` caps one).
+(`MixedDataset`: each source drawn in proportion to its size, or to its `sample_ratio` when the
+config gives one; `max_samples` caps one).
 `languages` keeps the questions of those languages only (all by default).
 
 Entries that cannot be used are counted per reason, logged once with the first ids, and
