@@ -44,8 +44,9 @@ def _run(cfg_path, options=()):
     return model
 
 
-def _build(tiny_assets, finetune, neftune_alpha=0.0):
+def _build(tiny_assets, finetune, neftune_alpha=0.0, **model):
     cfg = stage0_config(tiny_assets["llm"], tiny_assets["train"], "unused", finetune, neftune_alpha)
+    cfg["model"].update(model)
     return builders.build_model(validate(OmegaConf.create(cfg)).model, 0)
 
 
@@ -166,6 +167,45 @@ def test_neftune_noises_input_embeddings_only_while_training(tiny_assets, tmp_pa
     assert torch.equal(plain.llm.get_input_embeddings()(ids), clean)
     with pytest.raises(ValueError, match="model.neftune_alpha"):
         _build(tiny_assets, finetune, -1.0)
+
+
+def test_slot_filler_noise_only_on_the_prompts_filler_and_only_while_training(tiny_assets):
+    from xraygpt.constants import IGNORE_INDEX
+    from xraygpt.models.llm_sft import noisy_slot_filler
+
+    model = _build(tiny_assets, "full", slot_filler_noise=10.0, slot_filler="a")
+    filler = model.filler_id
+    assert model.tokenizer("a", add_special_tokens=False)["input_ids"] == [filler]
+    ids = torch.randint(3, 200, (3, 12))
+    ids[ids == filler] = filler + 1
+    ids[:, [2, 3, 9]] = filler  # positions 2, 3 in the prompt; 9 in the answer
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, 8:] = ids[:, 8:]
+    clean = model.llm.get_input_embeddings()(ids).detach()
+    noisy = noisy_slot_filler(clean, ids, labels, filler, scale=1.0)
+    changed = (noisy != clean).any(-1)
+    expected = torch.zeros_like(changed)
+    expected[:, [2, 3]] = True
+    assert torch.equal(changed, expected)
+    per_sample = (noisy - clean)[:, 2:4].std(dim=(1, 2))
+    assert per_sample.max() < 1.5 and len(set(per_sample.tolist())) == 3  # U(0, 1) * scale per sample
+    # forward: the loss moves while training only, and only when the prompt holds the filler
+    mask = torch.ones_like(ids)
+    model.eval()
+    eval_loss = model(ids, mask, labels)["loss"]
+    assert torch.equal(eval_loss, model(ids, mask, labels)["loss"])
+    model.train()
+    assert not torch.allclose(model(ids, mask, labels)["loss"], eval_loss)
+    no_filler = ids.clone()
+    no_filler[:, [2, 3]] = filler + 1
+    model.eval()
+    clean_loss = model(no_filler, mask, labels)["loss"]
+    model.train()
+    assert torch.allclose(model(no_filler, mask, labels)["loss"], clean_loss, atol=1e-6)
+    with pytest.raises(ValueError, match="model.slot_filler_noise"):
+        _build(tiny_assets, "full", slot_filler_noise=-1.0)
+    with pytest.raises(ValueError, match="model.slot_filler 'no such filler' is"):
+        _build(tiny_assets, "full", slot_filler_noise=1.0, slot_filler="no such filler")
 
 
 @pytest.fixture(scope="module")

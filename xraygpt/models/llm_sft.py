@@ -13,6 +13,16 @@ transformers' `neftune_post_forward_hook`, written here (`_neftune_hook`) becaus
 holds that hook imports the Trainer utilities, peft and bitsandbytes.  In the embedded default it
 stopped a blank image's projected tokens (a faint mix of every word) from being read as findings
 (README, "Learnability").
+
+`slot_filler_noise > 0` adds Gaussian noise to the slot filler (`slot_filler`, the background item
+of a context slot, "o" in the embedded default's slots.json) where it stands in the prompt (not in
+the answer) while training: per sample, std u * slot_filler_noise * rms(E) per element, u ~ U(0, 1)
+and rms(E) the root mean square of the input-embedding matrix.  The filler is then any vector
+near "o", up to far from it, so the LLM learns that only a finding's word says a finding and
+everything else in the slot says nothing; stages 1-2 replace the slot by projected image tokens
+that are never exactly "o".  Without it a seed's LLM read 49 zero or random vectors as findings
+(1.1-1.5 per image) and a blank image's tokens as broken sentences naming findings (README,
+"Learnability").  None in eval mode.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xraygpt.constants import IGNORE_INDEX
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.llm import import_bitsandbytes_offline, is_quantized, load_llm
 from xraygpt.models.loss import target_token_loss
@@ -46,6 +57,15 @@ def _neftune_hook(module: nn.Module, inputs, output: torch.Tensor, alpha: float)
     return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
 
 
+def noisy_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, filler_id: int,
+                      scale: float) -> torch.Tensor:
+    """(B, L, d) embeddings with N(0, (u_b * scale)^2) noise per element, u_b ~ U(0, 1) per sample, added at
+    the positions where `input_ids` holds `filler_id` outside the target (`labels` == IGNORE_INDEX)."""
+    mask = ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
+    sigma = torch.rand(embeds.shape[0], 1, 1, device=embeds.device, dtype=embeds.dtype) * scale
+    return embeds + mask * sigma * torch.randn_like(embeds)
+
+
 @register("model", "llm_sft")
 class LLMSFT(nn.Module):
     """A causal LLM fine-tuned on conversations, fully or with LoRA.
@@ -58,6 +78,10 @@ class LLMSFT(nn.Module):
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling numerator and dropout.
         lora_target_modules: names of the linear layers that get adapters.
         neftune_alpha: NEFTune noise scale on the input embeddings while training (0 = off).
+        slot_filler_noise: noise on the slot filler in the prompt while training, in units of the
+            embedding matrix's rms (0 = off; see the module docstring).
+        slot_filler: the slot's background item; one token of the tokenizer (checked when
+            `slot_filler_noise` > 0).
     """
 
     CONFIG_SECTIONS = {"llm": load_llm, "prompt": PromptFormat}
@@ -73,12 +97,24 @@ class LLMSFT(nn.Module):
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] = LLAMA_LINEAR_LAYERS,
         neftune_alpha: float = 0.0,
+        slot_filler_noise: float = 0.0,
+        slot_filler: str = "o",
     ):
         super().__init__()
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"model.finetune must be one of {FINETUNE_MODES}, got {finetune!r}")
         if neftune_alpha < 0:
             raise ValueError(f"model.neftune_alpha must be >= 0, got {neftune_alpha}")
+        if slot_filler_noise < 0:
+            raise ValueError(f"model.slot_filler_noise must be >= 0, got {slot_filler_noise}")
+        self.slot_filler_noise = float(slot_filler_noise)
+        self.filler_id = None
+        if slot_filler_noise > 0:
+            pieces = tokenizer(slot_filler, add_special_tokens=False)["input_ids"]
+            if len(pieces) != 1:
+                raise ValueError(f"model.slot_filler {slot_filler!r} is {len(pieces)} tokens of this tokenizer; "
+                                 f"slot_filler_noise needs a one-token filler")
+            self.filler_id = pieces[0]
         if is_quantized(llm):
             raise ValueError("stage 0 trains the LLM: load it unquantized (model.llm.quantization: none); "
                              "quantization is for a frozen LLM")
@@ -135,7 +171,14 @@ class LLMSFT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **_: object) -> dict:
         """(B, L) right-padded ids, mask and labels -> `target_token_loss` outputs."""
-        hidden = self.llm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.training and self.filler_id is not None:
+            embedding = self.llm.get_input_embeddings()
+            rms = embedding.weight.detach().float().pow(2).mean().sqrt().item()
+            embeds = noisy_slot_filler(embedding(input_ids), input_ids, labels, self.filler_id,
+                                       self.slot_filler_noise * rms)
+            hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = self.llm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return target_token_loss(hidden, self.llm.get_output_embeddings(), labels)
 
     @torch.no_grad()
