@@ -176,6 +176,7 @@ def test_every_slot_item_is_one_token_of_the_proofs_tokenizer(world, tmp_path):
 
 
 def test_the_tokenizer_makes_chinese_answers_pieces(world, tmp_path):
+    import sentencepiece
     from transformers import AutoTokenizer
 
     from xraygpt.embedded.assets import train_tokenizer
@@ -183,16 +184,20 @@ def test_the_tokenizer_makes_chinese_answers_pieces(world, tmp_path):
     questions = [q for qs in world["questions"].values() for q in qs]
     train_tokenizer(vqa_world.template_texts(questions), tmp_path / "tok")
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"), local_files_only=True)
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "tokenizer.model"))
     for q in questions:
         if q.language != "zh":
             continue
         answer = tokenizer.convert_ids_to_tokens(tokenizer(q.answer, add_special_tokens=False)["input_ids"])
         assert not any(p.startswith("<0x") for p in answer), (q.answer, answer)  # no byte fallback
         assert len(answer) <= len(q.answer) + 1, (q.answer, answer)
-        question = tokenizer.convert_ids_to_tokens(tokenizer(q.question, add_special_tokens=False)["input_ids"])
-        # every Chinese character is a piece; only the full-width question mark (NFKC-folded to "?" when
-        # SentencePiece trains, not when the fast tokenizer encodes) falls back to its 3 UTF-8 bytes
-        assert sum(p.startswith("<0x") for p in question) == 3 * q.question.count("？"), (q.question, question)
+        ids = tokenizer(q.question, add_special_tokens=False)["input_ids"]
+        question = tokenizer.convert_ids_to_tokens(ids)
+        # every character is a piece, the full-width question mark too (the fast tokenizer applies no NFKC,
+        # so SentencePiece is trained without it), and the fast tokenizer agrees with SentencePiece itself
+        assert not any(p.startswith("<0x") for p in question), (q.question, question)
+        assert ids == spm.encode(q.question), (q.question, question)
+    assert "？" in "".join(tokenizer.convert_ids_to_tokens(range(len(tokenizer))))
 
 
 def test_shuffled_images_move_every_question_to_another_image(tmp_path):

@@ -175,7 +175,13 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
 
 
 def train_tokenizer(texts: list[str], folder: Path, vocab_size: int = 512) -> None:
-    """Train a SentencePiece BPE model on `texts` and save it as a Hugging Face LLaMA tokenizer."""
+    """Train a SentencePiece BPE model on `texts` and save it as a Hugging Face LLaMA tokenizer.
+
+    Trained as LLaMA's own tokenizer.model is (no NFKC normalisation, spaces kept as written), since
+    that is what transformers' fast LLaMA tokenizer assumes when it converts the model: with
+    SentencePiece's defaults the fast tokenizer split a full-width "？" into three byte pieces and
+    kept double spaces, where SentencePiece itself gave "?" and one space.
+    """
     import sentencepiece as spm
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +190,7 @@ def train_tokenizer(texts: list[str], folder: Path, vocab_size: int = 512) -> No
             sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
             user_defined_symbols=[DEFAULT_END_SYM], minloglevel=2, num_threads=1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
         )
         (folder / "tokenizer.model").write_bytes(Path(prefix + ".model").read_bytes())
     (folder / "tokenizer_config.json").write_text(json.dumps({
