@@ -9,6 +9,7 @@
     report    DIR... [--eval DIR]   loss drop per stage, samples next to references, the scores
     summary   FILE...               one line per findings_metrics.json (e.g. one per seed)
     vqa-prepare, vqa-evaluate, vqa-summary   the VQA proof (`vqa_proof`; scripts/vqa_proof.sh)
+    study-prepare, study-evaluate, study-summary   the study proof (`study_proof`; scripts/study_proof.sh)
 
 `main(argv)` returns the exit status (0), so tests call it directly.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from xraygpt import runtime
 from xraygpt.embedded.dataset import generate_dataset
-from xraygpt.embedded import vqa_proof
+from xraygpt.embedded import study_proof, vqa_proof
 from xraygpt.embedded.pipeline import evaluate_findings, prepare, report, summarise_seeds
 
 logger = logging.getLogger("xraygpt.embedded")
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--seed", type=int, default=0)
     vqa_proof.add_commands(sub)
+    study_proof.add_commands(sub)
     return parser
 
 
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     runtime.setup_logging(0)
     if args.command in vqa_proof.COMMANDS:
         return vqa_proof.run_command(args)
+    if args.command in study_proof.COMMANDS:
+        return study_proof.run_command(args)
     if args.command == "prepare":
         prepare(Path(args.out), args.seed, args.num_train, args.force, args.prompt_path)
     elif args.command == "evaluate":

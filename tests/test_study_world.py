@@ -1,0 +1,172 @@
+"""The study world of the embedded default (xraygpt/embedded/study_world.py, lateral.py) and the study
+proof's scoring (study_proof.py): lateral-only findings drawn on the lateral view only, changes against the
+prior as drawn and as written, balance (chance 0.5 by construction), deterministic bytes, the study
+reader and dataset take the file as written, bad input refused."""
+
+import dataclasses
+import hashlib
+import json
+import random
+
+import numpy as np
+import pytest
+
+from xraygpt.embedded import study_world
+from xraygpt.embedded.anatomy import FINDINGS
+from xraygpt.embedded.lateral import (LATERAL_FINDINGS, LATERAL_SLOT_WORDS, lateral_slot, render_lateral,
+                                      sample_lateral)
+from xraygpt.embedded.render import render
+from xraygpt.embedded.slots import SLOT_WORDS
+from xraygpt.embedded.study_proof import derangement, proof_lines, study_scores, verdict
+
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study_world")
+    study_world.generate_studies(root, num_train=24, num_val=4, num_test=8, seed=SEED)
+    return root
+
+
+def _hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_images(world, tmp_path):
+    study_world.generate_studies(tmp_path / "again", num_train=24, num_val=4, num_test=8, seed=SEED)
+    assert _hashes(tmp_path / "again") == _hashes(world)
+    study_world.generate_studies(tmp_path / "other", num_train=24, num_val=4, num_test=8, seed=SEED + 1)
+    other = _hashes(tmp_path / "other")
+    assert other["train/image/train_000001_frontal.png"] != _hashes(world)["train/image/train_000001_frontal.png"]
+
+
+def test_lateral_only_findings_are_invisible_on_the_frontal_and_visible_on_the_lateral():
+    changes = {f: "unchanged" for f in FINDINGS}
+    current, prior = study_world.subject_cases(changes, [SEED, 15, 0, 1, 3])
+    frontal = np.asarray(render(current, 112))
+    # the frontal case knows no lateral finding: the same subject's frontal is the same image whatever
+    # its lateral view shows (the generator draws it from `subject_cases` alone)
+    assert not set(LATERAL_FINDINGS) & set(current.findings)
+    for finding in LATERAL_FINDINGS:
+        case = sample_lateral(frozenset({finding}), np.random.default_rng(7))
+        with_it = np.asarray(render_lateral(case, 112), dtype=np.float32)
+        without = np.asarray(render_lateral(dataclasses.replace(case, findings=frozenset()), 112), dtype=np.float32)
+        diff = np.abs(with_it - without).reshape(7, 16, 7, 16).mean(axis=(1, 3))
+        assert diff.max() >= 8.0, finding  # clearly drawn on the lateral view
+        slot = lateral_slot(case, 112, 7).split(" ")
+        cells = [i for i, w in enumerate(slot) if w == LATERAL_SLOT_WORDS[finding]]
+        assert cells and int(np.argmax(diff)) in cells
+    assert np.array_equal(frontal, np.asarray(render(current, 112)))
+
+
+def test_generated_frontals_do_not_depend_on_the_lateral_findings(world):
+    labels = json.loads((world / "train" / study_world.LABELS_FILE).read_text())
+    with_lateral = [k for k, v in labels.items() if v["lateral"]]
+    assert with_lateral and len(with_lateral) < len(labels)
+    for study in with_lateral[:3]:
+        i = int(study.split("_")[1]) - 1
+        current, prior = study_world.subject_cases(labels[study]["changes"], [SEED, 15, 0, 1, i])
+        stored = (world / "train" / "image" / f"{study}_frontal.png").read_bytes()
+        import io
+        redrawn = io.BytesIO()
+        render(current, 112).save(redrawn, format="PNG", compress_level=6)
+        assert redrawn.getvalue() == stored  # drawn from the frontal case alone
+
+
+def test_changes_labels_slots_and_text_agree(world):
+    for split, n in (("train", 24), ("val", 4), ("test", 8)):
+        labels = json.loads((world / split / study_world.LABELS_FILE).read_text())
+        slots = json.loads((world / split / study_world.SLOTS_FILE).read_text())
+        rows = [json.loads(x) for x in (world / split / study_world.STUDIES_FILE).read_text().splitlines()]
+        assert len(labels) == n and len(rows) == 2 * n
+        assert [r["study_id"] for r in rows[:n]] == sorted(labels)  # current studies first
+        for row in rows[:n]:
+            label = labels[row["study_id"]]
+            changes = label["changes"]
+            assert label["current"] == sorted(f for f, c in changes.items() if c in ("new", "unchanged"))
+            assert label["prior"] == sorted(f for f, c in changes.items() if c in ("resolved", "unchanged"))
+            assert study_world.read_study_text(row["summary"]) == (changes, frozenset(label["lateral"]))
+            assert row["prior_study_id"] == f"{row['study_id']}_prior"
+            assert [i["view"] for i in row["images"]] == ["PA", "LATERAL"]
+            slot = slots[row["study_id"]]
+            for role, findings in (("frontal", label["current"]), ("prior", label["prior"])):
+                assert {w for w in slot[role].split(" ")} - {"o"} == {SLOT_WORDS[f] for f in findings}, role
+            assert set(slot["lateral"].split(" ")) - {"o"} == {LATERAL_SLOT_WORDS[f] for f in label["lateral"]}
+        assert all(r["prior_study_id"] is None for r in rows[n:])
+
+
+def test_changes_are_balanced_so_a_reader_without_the_prior_is_at_chance(world):
+    labels = list(json.loads((world / "train" / study_world.LABELS_FILE).read_text()).values())
+    for finding in FINDINGS:
+        counts = {c: sum(v["changes"][finding] == c for v in labels) for c in study_world.CHANGES}
+        assert counts == {c: 6 for c in study_world.CHANGES}
+    for finding in LATERAL_FINDINGS:
+        assert sum(finding in v["lateral"] for v in labels) == round(study_world.LATERAL_PREVALENCE * 24)
+    texts = [study_world.study_text(v["changes"], frozenset(v["lateral"])) for v in labels]
+    perfect = study_scores(texts, labels)
+    assert perfect["change"]["accuracy"] == 1.0 and perfect["lateral"]["macro_f1"] == 1.0
+    # a reader who sees the current study exactly but not the prior: present -> "new", absent -> nothing
+    blind = [study_world.study_text({f: ("new" if f in v["current"] else "absent") for f in FINDINGS},
+                                    frozenset(v["lateral"])) for v in labels]
+    assert study_scores(blind, labels)["change"]["accuracy"] == study_world.CHANCE
+    no_lateral = study_scores([study_world.study_text(v["changes"], frozenset()) for v in labels], labels)
+    assert no_lateral["lateral"]["macro_f1"] == 0.0 and no_lateral["change"]["accuracy"] == 1.0
+
+
+def test_the_study_reader_and_dataset_take_the_file_as_written(world):
+    from xraygpt.data.study_dataset import build_study_dataset
+    from xraygpt.data.studies import read_studies
+
+    studies = read_studies(world / "test" / study_world.STUDIES_FILE, verify_images=True)
+    assert len(studies.records) == 16 and not studies.dropped
+    assert set(studies.problems) == {"no indication", "no impression"}  # no prior nulled, no image missing
+    assert sum(r.prior_study_id is not None for r in studies.records) == 8
+    dataset = build_study_dataset("s", str(world / "test"), lambda image, rng: __import__("torch").zeros(3, 4, 4),
+                                  str, "studies", None, None, "prompts/study_compare_{target}.txt", "summary", 2,
+                                  True, False, False, 8, True, 50_000_000, "en")
+    sample = dataset.get(0, random.Random(0))
+    assert sample["views"] == ["PA", "LATERAL", "prior PA"] and sample["pixel_values"].shape[0] == 3
+    assert sample["instruction"].startswith("Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> "
+                                            "Prior frontal (PA): <Img><ImageHere></Img>")
+    assert sample["caption"] == json.loads((world / "test" / study_world.STUDIES_FILE).read_text().splitlines()[0])["summary"]
+    assert len(dataset) == 8
+
+
+def test_read_study_text_reads_generated_wording():
+    changes, lateral = study_world.read_study_text(
+        "The pleural effusion is new. cardiomegaly has resolved; the pneumothorax is unchanged. "
+        "Lateral view: no retrocardiac nodule. Small effusion in the posterior costophrenic recess.")
+    assert changes == {"cardiomegaly": "resolved", "pleural_effusion": "new", "pneumothorax": "unchanged",
+                       "nodule": "absent"}
+    assert lateral == frozenset({"posterior_effusion"})
+    assert study_world.read_study_text("Cardiomegaly. The pulmonary nodule.")[0] == {f: "absent" for f in FINDINGS}
+
+
+def test_bad_input_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="split sizes"):
+        study_world.generate_studies(tmp_path, num_train=-1)
+    with pytest.raises(ValueError, match="multiple of the slot grid"):
+        study_world.generate_studies(tmp_path, num_train=2, image_size=100)
+    with pytest.raises(ValueError, match="unknown lateral findings"):
+        sample_lateral(frozenset({"nodule"}), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown findings or changes"):
+        study_world.study_text({"cardiomegaly": "larger"}, frozenset())
+    with pytest.raises(ValueError, match="at least two"):
+        derangement(1, 0)
+
+
+def test_derangement_and_verdict():
+    other = derangement(50, 3)
+    assert sorted(other) == list(range(50)) and all(o != i for i, o in enumerate(other))
+    good = {"image": {"lateral": {"macro_f1": 0.95}, "change": {"accuracy": 0.93}},
+            "frontal_only": {"lateral": {"macro_f1": 0.10}, "change": {"accuracy": 0.9}},
+            "no_prior": {"lateral": {"macro_f1": 0.9}, "change": {"accuracy": 0.52}},
+            "shuffled_prior": {"lateral": {"macro_f1": 0.9}, "change": {"accuracy": 0.48}}, "chance": 0.5}
+    assert verdict(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["frontal_only"]["lateral"]["macro_f1"] = 0.7
+    bad["shuffled_prior"]["change"]["accuracy"] = 0.8
+    missed = verdict(bad)
+    assert len(missed) == 2 and "above frontal-only" in missed[0] and "shuffled_prior" in missed[1]

@@ -1,0 +1,292 @@
+"""The study proof on the embedded default: lateral-only findings and changes against the prior are read.
+
+A sibling of the summary pipeline (`pipeline.py`) and of the VQA proof (`vqa_proof.py`), sharing with
+them only the prepared folder's pretrained tiny encoder (`python -m xraygpt.embedded prepare`):
+
+`prepare_study(out, prepared, seed)` writes under `out`:
+
+    mimic/, openi/            each source's study world (`study_world.generate_studies`, generator seeds
+                              `seed + 15` and `seed + 16`): studies.jsonl (current studies first, then
+                              their priors), images, study_labels.json, study_slots.json
+    pool/                     more subjects of the same world (seed + 17), used only as stage 0's text
+    stage0_train.jsonl        stage 0's conversations: the study instruction with each image's slot words
+                              in its image slot (`Frontal (PA): <Img>o o effusion ...</Img> Lateral: <Img>...
+                              </Img> Prior frontal (PA): <Img>...</Img> question`) -> the study's text
+    llm_tiny/                 a tiny LLaMA whose tokenizer is trained on those texts (each slot item one piece)
+    COMPLETE.json             the settings it was prepared with (a rerun with equal ones is skipped)
+
+`evaluate_study(run, split, out)` generates the text of every current study of a held-out split with
+a trained run four ways (`MODES`): `image` (frontal + lateral + the study's own prior frontal),
+`frontal_only` (the lateral left out; the prior still shown), `no_prior` (frontal + lateral, no prior
+image) and `shuffled_prior` (the prior frontal of another subject: a seeded derangement).  It reads
+each text back (`study_world.read_study_text`) and writes predictions_<mode>.jsonl and
+study_metrics.json: per mode the lateral-only findings' P/R/F1 (`evaluation.clinical.prf`) and the
+change accuracy (the four frontal findings x the studies: absent / new / resolved / unchanged, the
+stated change against the drawn one; a reader without the prior gets `study_world.CHANCE` = 0.5).
+`proof_lines` prints one line per run with the bars (`verdict`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from xraygpt.atomic import atomic_write_text
+from xraygpt.embedded import study_world
+from xraygpt.embedded.anatomy import FINDINGS
+from xraygpt.embedded.lateral import LATERAL_FINDINGS
+
+logger = logging.getLogger(__name__)
+
+STUDY_VERSION = 4  # bump when what prepare_study writes changes
+COMPLETE_MARKER = "COMPLETE.json"
+SOURCE_SEED_OFFSETS = {"mimic": 15, "openi": 16, "pool": 17}
+PROMPT_PATH = "prompts/study_compare_{target}.txt"
+MODES = ("image", "frontal_only", "no_prior", "shuffled_prior")
+# The bars (README, "Studies on the embedded default"): lateral-only macro F1 with both views >= LATERAL_BAR
+# and >= LATERAL_GAP above the frontal view only; change accuracy with the prior >= CHANGE_BAR, and without
+# it and with a shuffled prior at chance (at most CHANCE + CHANCE_MARGIN).
+LATERAL_BAR, LATERAL_GAP, CHANGE_BAR, CHANCE_MARGIN = 0.85, 0.4, 0.85, 0.1
+SLOT_TEXT_REPEATS = (0, 1, 2, 4, 8)
+
+
+def stage0_conversations(split_dir: Path, questions: list[str], seed: int) -> list[dict]:
+    """One conversation per current study of a study-world split: the study's instruction with each
+    image's slot words in its slot, and its text as the answer."""
+    from xraygpt.data.study_prompts import study_instruction
+    from xraygpt.prompting import IMAGE_TAG
+
+    slots = json.loads((split_dir / study_world.SLOTS_FILE).read_text())
+    texts = {r["study_id"]: r["summary"] for r in map(json.loads, (split_dir / study_world.STUDIES_FILE).read_text().splitlines())}
+    rng = random.Random(f"study-stage0:{seed}:{split_dir.name}")
+    conversations = []
+    for study_id in sorted(slots):
+        user = study_instruction(["PA", "LATERAL"], rng.choice(questions), "", ["PA"], "")
+        for role in ("frontal", "lateral", "prior"):
+            user = user.replace(IMAGE_TAG, f"<Img>{slots[study_id][role]}</Img>", 1)
+        conversations.append({"id": f"{split_dir.parent.name}/{study_id}",
+                              "turns": [{"role": "user", "content": user},
+                                        {"role": "assistant", "content": texts[study_id]}]})
+    return conversations
+
+
+def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 1000, num_pool: int = 3000,
+                  num_test: int = 100, force: bool = False) -> Path:
+    """Write the study worlds, stage 0's conversations and the tiny LLM under `out` (module docstring).
+    `prepared` is a folder written by `python -m xraygpt.embedded prepare` (its encoder is used)."""
+    from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE
+    from xraygpt.data.study_prompts import load_questions
+    from xraygpt.embedded.assets import write_tiny_llm
+    from xraygpt.embedded.vqa_proof import check_slot_tokens
+
+    marker = out / COMPLETE_MARKER
+    settings = {"version": STUDY_VERSION, "seed": seed, "prepared": str(prepared.resolve()), "num_train": num_train,
+                "num_pool": num_pool, "num_test": num_test}
+    if marker.is_file() and not force and json.loads(marker.read_text()) == settings:
+        logger.info("study proof already prepared in %s", out)
+        return out
+    if not (prepared / "medclip_tiny").is_dir():
+        raise FileNotFoundError(f"{prepared} has no medclip_tiny/ (run `python -m xraygpt.embedded prepare` first)")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    study_world.generate_studies(out / "mimic", num_train, 16, num_test, seed + SOURCE_SEED_OFFSETS["mimic"])
+    study_world.generate_studies(out / "openi", max(1, num_train // 3), 16, num_test, seed + SOURCE_SEED_OFFSETS["openi"])
+    study_world.generate_studies(out / "pool", num_pool, 0, 0, seed + SOURCE_SEED_OFFSETS["pool"])
+    questions = load_questions(PROMPT_PATH, "summary")
+    conversations = [c for source in ("mimic", "pool")
+                     for c in stage0_conversations(out / source / "train", questions, seed)]
+    atomic_write_text(out / "stage0_train.jsonl", "".join(json.dumps(c) + "\n" for c in conversations))
+    texts = ["".join(DEFAULT_PROMPT_TEMPLATE.format(c["turns"][0]["content"]) + c["turns"][1]["content"] + DEFAULT_END_SYM)
+             for c in conversations]
+    for source in ("mimic", "openi"):
+        rows = (out / source / "train" / study_world.STUDIES_FILE).read_text().splitlines()
+        texts += [json.loads(r)["summary"] for r in rows]
+    slots = {f"{k}:{role}": v[role] for k, v in json.loads((out / "mimic" / "train" / study_world.SLOTS_FILE).read_text()).items()
+             for role in ("frontal", "lateral", "prior")}
+    for repeats in SLOT_TEXT_REPEATS:  # the slot texts again, more often, until every slot item is one piece
+        write_tiny_llm(out / "llm_tiny", texts + list(slots.values()) * repeats, seed)
+        if not check_slot_tokens(out / "llm_tiny", slots):
+            break
+    atomic_write_text(marker, json.dumps(settings))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def derangement(n: int, seed: int) -> list[int]:
+    """index -> another index (a seeded cyclic shift of a shuffled order; needs n >= 2)."""
+    if n < 2:
+        raise ValueError("shuffling priors needs at least two studies")
+    order = list(range(n))
+    random.Random(f"study-shuffle:{seed}").shuffle(order)
+    other = [0] * n
+    for position, index in enumerate(order):
+        other[index] = order[(position + 1) % n]
+    return other
+
+
+def study_scores(predictions: list[str], labels: list[dict]) -> dict:
+    """Lateral-only P/R/F1 (per finding, macro) and change accuracy (overall, per drawn change) of texts."""
+    from xraygpt.evaluation.clinical import prf
+
+    read = [study_world.read_study_text(p) for p in predictions]
+    counts = np.zeros((len(LATERAL_FINDINGS), 3))
+    for (_, said), label in zip(read, labels):
+        for k, finding in enumerate(LATERAL_FINDINGS):
+            truth = finding in label["lateral"]
+            counts[k] += [truth and finding in said, finding in said and not truth, truth and finding not in said]
+    precision, recall, f1 = prf(counts[:, 0], counts[:, 1], counts[:, 2])
+    per = {f: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+               "support": int(counts[k, 0] + counts[k, 2])} for k, f in enumerate(LATERAL_FINDINGS)}
+    right = {c: [0, 0] for c in study_world.CHANGES}
+    for (changes, _), label in zip(read, labels):
+        for finding in FINDINGS:
+            truth = label["changes"][finding]
+            right[truth][0] += changes[finding] == truth
+            right[truth][1] += 1
+    total = sum(n for _, n in right.values())
+    return {"lateral": {"per_finding": per, "macro_f1": float(np.mean(f1))},
+            "change": {"accuracy": sum(r for r, _ in right.values()) / total if total else 0.0,
+                       "by_change": {c: (r / n if n else None) for c, (r, n) in right.items()}, "pairs": total},
+            "studies": len(predictions)}
+
+
+def evaluate_study(run_dir: Path, split_dir: Path, out_dir: Path, seed: int = 0, batch_size: int = 50,
+                   max_new_tokens: int = 80) -> dict:
+    """Generate every current study of `split_dir` with the run's final weights in the four MODES, score
+    them (module docstring) and write predictions_<mode>.jsonl and study_metrics.json to `out_dir`."""
+    import torch
+
+    from xraygpt import builders
+    from xraygpt.config import load_config
+    from xraygpt.data.study_dataset import build_study_dataset
+    from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
+    from xraygpt.evaluation.generate import generate_fitting
+    from xraygpt.models.generation import GenerationSettings
+
+    cfg = load_config(run_dir / "config.yaml", [f"model.ckpt={run_dir / 'checkpoints' / 'checkpoint_last.pt'}"])
+    model = builders.build_model(cfg.model, seed)
+    model.eval()
+    processor = MedCLIPImageEval(preprocessing=model.image_preprocessing)
+    labels = json.loads((split_dir / study_world.LABELS_FILE).read_text())
+    count = len(labels)
+
+    def dataset(max_images: int, use_prior: bool):
+        return build_study_dataset("studies", str(split_dir), processor, CaptionProcessor(), "studies", None, None,
+                                   PROMPT_PATH, "summary", max_images, use_prior, False, False, count, False,
+                                   50_000_000, "en")
+
+    full = dataset(2, True)
+    ids = [r.study_id for r in full.records]
+    if ids != sorted(labels):
+        raise ValueError(f"{split_dir}: the first {count} studies of {study_world.STUDIES_FILE} are not the labelled ones")
+    question = full.instructions[0]
+    other = derangement(count, seed)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for mode in MODES:
+        data = {"frontal_only": lambda: dataset(1, True), "no_prior": lambda: dataset(2, False)}.get(mode, lambda: full)()
+        samples = [data.get(i, random.Random(i), instruction=question) for i in range(count)]
+        for i, sample in enumerate(samples):
+            sample["key"], sample["image_source"] = i, sample["image_ids"][-1] if mode != "no_prior" else "none"
+        if mode == "shuffled_prior":
+            priors = [s["pixel_values"][-1] for s in samples]
+            for i, sample in enumerate(samples):
+                sample["pixel_values"] = torch.cat([sample["pixel_values"][:-1], priors[other[i]][None]])
+                sample["image_source"] = samples[other[i]]["image_ids"][-1]
+        rows: dict[int, dict] = {}
+
+        def emit(batch, batch_rows):
+            for sample, row in zip(batch, batch_rows):
+                rows[sample["key"]] = {**row, "views": sample["views"]}
+
+        batch_size = generate_fitting(model, samples, batch_size, emit, generation=generation)
+        ordered = [rows[i] for i in range(count)]
+        if mode == "shuffled_prior" and any(r["image_source"] == f"{r['image_id']}_prior_frontal" for r in ordered):
+            raise AssertionError("a study kept its own prior in the shuffled ablation")
+        atomic_write_text(out_dir / f"predictions_{mode}.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
+        results[mode] = study_scores([r["prediction"] for r in ordered], [labels[r["image_id"]] for r in ordered])
+        logger.info("studies, %s: lateral-only macro F1 %.3f, change accuracy %.3f", mode,
+                    results[mode]["lateral"]["macro_f1"], results[mode]["change"]["accuracy"])
+    results["chance"] = study_world.CHANCE
+    atomic_write_text(out_dir / "study_metrics.json", json.dumps(results, indent=2))
+    return results
+
+
+def verdict(result: dict) -> list[str]:
+    """The bars one study_metrics.json misses (empty when it clears them all)."""
+    both, frontal = result["image"]["lateral"]["macro_f1"], result["frontal_only"]["lateral"]["macro_f1"]
+    change = {mode: result[mode]["change"]["accuracy"] for mode in ("image", "no_prior", "shuffled_prior")}
+    ceiling = result.get("chance", study_world.CHANCE) + CHANCE_MARGIN
+    missed = []
+    if both < LATERAL_BAR:
+        missed.append(f"lateral F1 {both:.3f} < {LATERAL_BAR}")
+    if both - frontal < LATERAL_GAP:
+        missed.append(f"lateral F1 only {both - frontal:.3f} above frontal-only")
+    if change["image"] < CHANGE_BAR:
+        missed.append(f"change accuracy {change['image']:.3f} < {CHANGE_BAR}")
+    for mode in ("no_prior", "shuffled_prior"):
+        if change[mode] > ceiling:
+            missed.append(f"{mode} change accuracy {change[mode]:.3f} > {ceiling:.2f}")
+    return missed
+
+
+def proof_lines(metric_files: list[Path]) -> str:
+    """One line per run (study_metrics.json): lateral-only macro F1 with both views / the frontal only,
+    change accuracy with the prior / without / with a shuffled prior, and the bars missed."""
+    lines = [f"{'run':<44}{'lat F1 both':>12}{'frontal':>9}{'change prior':>14}{'no prior':>10}{'shuffled':>10}  bars"]
+    every = True
+    for path in metric_files:
+        r = json.loads(path.read_text())
+        missed = verdict(r)
+        every = every and not missed
+        lines.append(f"{str(path.parent):<44}{r['image']['lateral']['macro_f1']:>12.3f}"
+                     f"{r['frontal_only']['lateral']['macro_f1']:>9.3f}{r['image']['change']['accuracy']:>14.3f}"
+                     f"{r['no_prior']['change']['accuracy']:>10.3f}{r['shuffled_prior']['change']['accuracy']:>10.3f}  "
+                     f"{'; '.join(missed) if missed else 'all met'}")
+    lines.append(f"bars: lateral F1 >= {LATERAL_BAR} and >= {LATERAL_GAP} above frontal-only; change accuracy >= "
+                 f"{CHANGE_BAR} with the prior, <= {study_world.CHANCE + CHANCE_MARGIN:.2f} without it and shuffled "
+                 f"(chance {study_world.CHANCE}): {'every bar met' if every else 'NOT every bar met'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+COMMANDS = ("study-prepare", "study-evaluate", "study-summary")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The study proof's subcommands of `python -m xraygpt.embedded`."""
+    p = sub.add_parser("study-prepare", help="the study world (two views, a prior) and a tiny LLM for the study proof")
+    p.add_argument("--out", type=Path, required=True, help="the study folder to write")
+    p.add_argument("--prepared", type=Path, default=Path("dataset/embedded"), help="a folder written by `prepare`")
+    p.add_argument("--seed", type=int, default=0, help="the seed `prepare` was given")
+    p.add_argument("--num-train", type=int, default=1000, help="training subjects of the mimic source")
+    p.add_argument("--num-pool", type=int, default=3000, help="more subjects, stage 0's text only")
+    p.add_argument("--num-test", type=int, default=100, help="held-out subjects per source")
+    p.add_argument("--force", action="store_true")
+    e = sub.add_parser("study-evaluate", help="lateral-only F1 and change accuracy: both views, frontal only, "
+                                              "no prior, shuffled prior")
+    e.add_argument("--run", type=Path, required=True, help="a finished stage-1/2 output_dir")
+    e.add_argument("--split", type=Path, required=True, help="a study-world split folder (study_labels.json)")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-new-tokens", type=int, default=80)
+    m = sub.add_parser("study-summary", help="one line per study_metrics.json, with the bars")
+    m.add_argument("metric_files", nargs="+", type=Path)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one of COMMANDS; returns the exit status (0)."""
+    if args.command == "study-prepare":
+        prepare_study(args.out, args.prepared, args.seed, args.num_train, args.num_pool, args.num_test, args.force)
+    elif args.command == "study-evaluate":
+        evaluate_study(args.run, args.split, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    else:
+        sys.stdout.write(proof_lines(args.metric_files) + "\n")
+    return 0
