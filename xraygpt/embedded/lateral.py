@@ -35,7 +35,7 @@ LATERAL_FINDINGS: tuple[str, ...] = ("retrocardiac_nodule", "posterior_effusion"
 # what it looks like (`slots.SLOT_WORDS`: a nodule, an effusion), as on a frontal image, because the one
 # projection of stages 1-2 maps what a token shows, whichever image it comes from; the LLM tells a lateral
 # finding by the image its word sits in (after the `Lateral:` tag).  Distinct words ("retrocardiac",
-# "recess") were tried first: the projection then mapped the larger recess effusion to `effusion` anyway.
+# "recess") were tried first and lost the recess effusion (README, "Studies on the embedded default").
 LATERAL_SLOT_WORDS: dict[str, str] = {"retrocardiac_nodule": "nodule", "posterior_effusion": "effusion"}
 
 
