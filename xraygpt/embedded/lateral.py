@@ -30,6 +30,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from xraygpt.embedded.render import _ramp, _smooth_noise, expose, nodule_opacity
+
 LATERAL_FINDINGS: tuple[str, ...] = ("retrocardiac_nodule", "posterior_effusion")
 # The word of each lateral finding in the lateral image's slot (stage 0 of the study proof): the word of
 # what it looks like (`slots.SLOT_WORDS`: a nodule, an effusion), as on a frontal image, because the one
@@ -89,15 +91,6 @@ def sample_lateral(findings: frozenset[str], rng: np.random.Generator) -> Latera
     )
 
 
-def _ramp(d: np.ndarray, width: float) -> np.ndarray:
-    return np.clip(0.5 + d / width, 0.0, 1.0)
-
-
-def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    lattice = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(lattice, mode="F").resize((size, size), Image.BICUBIC), dtype=np.float32)
-
-
 def diaphragm(case: LateralCase, x: np.ndarray) -> np.ndarray:
     """y of the hemidiaphragm at x: flat in front, curving down into the posterior recess."""
     q = np.clip((x + 0.05) / 0.65, 0.0, 1.0)
@@ -111,8 +104,8 @@ def render_lateral(case: LateralCase, size: int) -> Image.Image:
     t = ((np.arange(size, dtype=np.float32) + 0.5) / size) * 2.0 - 1.0
     gy, gx = np.meshgrid(t, t, indexing="ij")
     nrng = np.random.default_rng(case.noise_seed)
-    mottle = _smooth(nrng, size, 7)
-    texture = _smooth(nrng, size, 18)
+    mottle = _smooth_noise(nrng, size, 7)
+    texture = _smooth_noise(nrng, size, 18)
     grain = nrng.standard_normal((size, size), dtype=np.float32)
     px = 2.0 / size
     c, s = math.cos(case.rotation), math.sin(case.rotation)
@@ -157,15 +150,9 @@ def render_lateral(case: LateralCase, size: int) -> Image.Image:
         fluid = _ramp(y - meniscus, 0.03) * _ramp(x - 0.05, 0.08) * _ramp(dia + 0.01 - y, edge) * body
         img = img + fluid * (tissue + 0.03 - img)
     if "retrocardiac_nodule" in f:
-        nx, ny, nr = case.nodule
-        d = np.sqrt((x - nx) ** 2 + (y - ny) ** 2) / nr
-        prof = np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0)) * 0.85 + 0.15 * _ramp(1.0 - d, edge / nr)
-        img = img + 0.30 * prof
+        img = img + nodule_opacity(x, y, *case.nodule, edge)
 
-    img = img * (1.0 + 0.04 * mottle) + case.noise_sigma * grain
-    img = np.clip(img, 0.0, 1.0)
-    img = np.clip((img ** case.gamma - 0.45) * case.contrast + 0.45 + case.brightness, 0.0, 1.0)
-    return Image.fromarray((img * 255.0 + 0.5).astype(np.uint8), mode="L")
+    return Image.fromarray(expose(img, mottle, grain, case), mode="L")
 
 
 def lateral_slot(case: LateralCase, size: int, grid: int) -> str:

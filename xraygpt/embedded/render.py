@@ -54,6 +54,22 @@ def _blend(img: np.ndarray, value: Any, alpha: np.ndarray) -> np.ndarray:
     return img + alpha * (value - img)
 
 
+def nodule_opacity(x: np.ndarray, y: np.ndarray, nx: float, ny: float, nr: float, edge: float) -> np.ndarray:
+    """Intensity added by a round nodule at (nx, ny) of radius nr (body units), soft edge `edge`."""
+    d = np.sqrt((x - nx) ** 2 + (y - ny) ** 2) / nr
+    prof = np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0)) * 0.85 + 0.15 * _ramp(1.0 - d, edge / nr)
+    return 0.30 * prof
+
+
+def expose(img: np.ndarray, mottle: np.ndarray, grain: np.ndarray, case: Any) -> np.ndarray:
+    """Float intensities -> uint8 with the case's exposure: mottle, grain (`noise_sigma`), `gamma`,
+    `contrast` and `brightness` (a frontal `Case` or a lateral case: the same fields)."""
+    img = img * (1.0 + 0.04 * mottle) + case.noise_sigma * grain
+    img = np.clip(img, 0.0, 1.0)
+    img = np.clip((img ** case.gamma - 0.45) * case.contrast + 0.45 + case.brightness, 0.0, 1.0)
+    return (img * 255.0 + 0.5).astype(np.uint8)
+
+
 # Pixels per row block in `render`: numpy temporaries of one block stay < 128 KiB.
 _BLOCK_ELEMENTS = 24_000
 
@@ -228,15 +244,10 @@ def _render_rows(
     # --- Nodules. ------------------------------------------------------------------------
     if "nodule" in f:
         for nx, ny, nr in case.nodules:
-            d = np.sqrt((x - nx) ** 2 + (y - ny) ** 2) / nr
-            prof = np.sqrt(np.clip(1.0 - d * d, 0.0, 1.0)) * 0.85 + 0.15 * _ramp(1.0 - d, edge / nr)
-            img = img + 0.30 * prof
+            img = img + nodule_opacity(x, y, nx, ny, nr, edge)
 
     # --- Exposure, noise, 8-bit. ----------------------------------------------------------
-    img = img * (1.0 + 0.04 * mottle) + case.noise_sigma * grain
-    img = np.clip(img, 0.0, 1.0)
-    img = np.clip((img ** case.gamma - 0.45) * case.contrast + 0.45 + case.brightness, 0.0, 1.0)
-    return (img * 255.0 + 0.5).astype(np.uint8)
+    return expose(img, mottle, grain, case)
 
 
 def draw_radiograph(findings: frozenset[str], rng: np.random.Generator, size: int = 224) -> Image.Image:
