@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 py="${PYTHON:-$repo/.venv/bin/python}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+source "$repo/scripts/proof_seed.sh"
 seeds=("$@")
 [ ${#seeds[@]} -gt 0 ] || seeds=(0)
 root="${STUDY_PROOF_ROOT:-output/study_proof}"
@@ -28,20 +29,11 @@ read -r -a eval_args <<< "${STUDY_EVAL_ARGS:-}"
 files=()
 for s in "${seeds[@]}"; do
   dir="$root/seed_$s"
-  mkdir -p "$dir/dataset"
-  ln -sfn "$repo/prompts" "$dir/prompts"
-  ln -sfn "$repo/train_configs" "$dir/train_configs"
-  if [ -n "${PREPARED:-}" ]; then
-    ln -sfn "$(cd "$PREPARED" && pwd)" "$dir/dataset/embedded"
-  else
-    shared="$repo/output/learnability/seed_$s/dataset/embedded"
-    mkdir -p "$shared"
-    ln -sfn "$shared" "$dir/dataset/embedded"
-  fi
+  proof_seed_dir "$dir" "$s"
   start=$(date +%s)
   (
     cd "$dir"
-    [ -n "${PREPARED:-}" ] || "$py" -m xraygpt.embedded prepare --out dataset/embedded --seed "$s"
+    proof_prepare "$s"
     "$py" -m xraygpt.embedded study-prepare --out study --prepared dataset/embedded --seed "$s" \
         ${prepare_args[@]+"${prepare_args[@]}"}
     rm -rf output/study   # this pipeline's own previous results
