@@ -3,7 +3,9 @@
 A small prepared folder (the session's tiny random encoder) stands in for `python -m xraygpt.embedded
 prepare` (PREPARED=...), the study world is small (STUDY_PREPARE_ARGS) and every stage trains two steps;
 the script must write the study world and its tiny LLM, train stages 0-2 from the shipped tiny_study
-configs, generate the held-out studies four ways and print one line with the bars.  The bars themselves
+configs, generate the held-out studies four ways and print one line with the bars; stage 0 shows the
+studies recorded without their prior (`study_world.NO_PRIOR_FRACTION`) without a prior slot, with their
+comparison-free text, and study_metrics.json carries the comparisons written and the current-state accuracy.  The bars themselves
 are measured by the full run (README, "Studies on the embedded default").
 """
 
@@ -15,7 +17,8 @@ import sys
 
 import pytest
 
-from xraygpt.embedded.study_proof import MODES
+from xraygpt.embedded import study_world
+from xraygpt.embedded.study_proof import DEFINITIONS, MODES
 
 SEED = 4
 
@@ -50,17 +53,25 @@ def test_study_proof_script_runs_end_to_end(prepared, repo, tmp_path):
         assert [r["step"] for r in records] == [1, 2]
     config = (seed_dir / "output" / "study" / "stage1" / "config.yaml").read_text()
     assert "use_prior: true" in config and "study/mimic/train" in config
-    conversations = (seed_dir / "study" / "stage0_train.jsonl").read_text().splitlines()
+    conversations = [json.loads(x) for x in (seed_dir / "study" / "stage0_train.jsonl").read_text().splitlines()]
     assert len(conversations) == 12 + 6
-    assert json.loads(conversations[0])["turns"][0]["content"].count("</Img>") == 3
+    alone = [c for c in conversations if c["turns"][0]["content"].count("</Img>") == 2]
+    assert len(alone) == round(study_world.NO_PRIOR_FRACTION * 12) + round(study_world.NO_PRIOR_FRACTION * 6) > 0
+    assert all(c["turns"][0]["content"].count("</Img>") == 3 for c in conversations if c not in alone)
+    for c in alone:  # no prior slot, and the answer compares with nothing
+        assert "Prior frontal" not in c["turns"][0]["content"] and "Lateral: <Img>" in c["turns"][0]["content"]
+        states, _ = study_world.read_study_text(c["turns"][1]["content"])
+        assert not set(states.values()) & set(study_world.COMPARISONS), c["turns"][1]["content"]
 
     eval_dir = seed_dir / "output" / "study" / "eval"
     metrics = json.loads((eval_dir / "study_metrics.json").read_text())
     rows = {}
     for mode in MODES:
         assert metrics[mode]["studies"] == 5 and metrics[mode]["change"]["pairs"] == 5 * 4
+        assert 0 <= metrics[mode]["change"]["comparisons"] <= 5 * 4 and metrics[mode]["current"]["pairs"] == 5 * 4
         rows[mode] = [json.loads(x) for x in (eval_dir / f"predictions_{mode}.jsonl").read_text().splitlines()]
         assert [r["image_id"] for r in rows[mode]] == [f"test_{i:06d}" for i in range(1, 6)]
+    assert metrics["definitions"] == DEFINITIONS and metrics["chance"] == study_world.CHANCE
     assert all(r["views"] == ["PA", "LATERAL", "prior PA"] for r in rows["image"])
     assert all(r["image_source"] == f"{r['image_id']}_prior_frontal" for r in rows["image"])
     assert all(r["views"] == ["PA", "prior PA"] for r in rows["frontal_only"])

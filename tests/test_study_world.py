@@ -1,12 +1,15 @@
 """The study world of the embedded default (xraygpt/embedded/study_world.py, lateral.py) and the study
 proof's scoring (study_proof.py): lateral-only findings drawn on the lateral view only, changes against the
-prior as drawn and as written, balance (chance 0.5 by construction), deterministic bytes, the study
-reader and dataset take the file as written, bad input refused."""
+prior as drawn and as written, balance (chance 0.5 by construction), the training subjects recorded
+without their prior (a declared fraction, balanced, comparison-free texts) and how texts written without a
+prior are scored, deterministic bytes, the study reader and dataset take the file as written, bad input
+refused."""
 
 import dataclasses
 import hashlib
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -20,12 +23,14 @@ from xraygpt.embedded.slots import SLOT_WORDS
 from xraygpt.embedded.study_proof import derangement, proof_lines, study_scores, verdict
 
 SEED = 5
+N_TRAIN = 32  # a quarter without the prior: 8 and 24 subjects, each a multiple of the 4 changes
+CHANGE_WORDS = re.compile(r"\b(?:new|resolv\w*|unchanged|stable|no longer|change\w*|prior|compar\w*)\b", re.IGNORECASE)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("study_world")
-    study_world.generate_studies(root, num_train=24, num_val=4, num_test=8, seed=SEED)
+    study_world.generate_studies(root, num_train=N_TRAIN, num_val=4, num_test=8, seed=SEED)
     return root
 
 
@@ -35,9 +40,9 @@ def _hashes(root):
 
 
 def test_same_seed_same_bytes_other_seed_other_images(world, tmp_path):
-    study_world.generate_studies(tmp_path / "again", num_train=24, num_val=4, num_test=8, seed=SEED)
+    study_world.generate_studies(tmp_path / "again", num_train=N_TRAIN, num_val=4, num_test=8, seed=SEED)
     assert _hashes(tmp_path / "again") == _hashes(world)
-    study_world.generate_studies(tmp_path / "other", num_train=24, num_val=4, num_test=8, seed=SEED + 1)
+    study_world.generate_studies(tmp_path / "other", num_train=N_TRAIN, num_val=4, num_test=8, seed=SEED + 1)
     other = _hashes(tmp_path / "other")
     assert other["train/image/train_000001_frontal.png"] != _hashes(world)["train/image/train_000001_frontal.png"]
 
@@ -76,7 +81,7 @@ def test_generated_frontals_do_not_depend_on_the_lateral_findings(world):
 
 
 def test_changes_labels_slots_and_text_agree(world):
-    for split, n in (("train", 24), ("val", 4), ("test", 8)):
+    for split, n in (("train", N_TRAIN), ("val", 4), ("test", 8)):
         labels = json.loads((world / split / study_world.LABELS_FILE).read_text())
         slots = json.loads((world / split / study_world.SLOTS_FILE).read_text())
         rows = [json.loads(x) for x in (world / split / study_world.STUDIES_FILE).read_text().splitlines()]
@@ -87,8 +92,14 @@ def test_changes_labels_slots_and_text_agree(world):
             changes = label["changes"]
             assert label["current"] == sorted(f for f, c in changes.items() if c in ("new", "unchanged"))
             assert label["prior"] == sorted(f for f, c in changes.items() if c in ("resolved", "unchanged"))
-            assert study_world.read_study_text(row["summary"]) == (changes, frozenset(label["lateral"]))
-            assert row["prior_study_id"] == f"{row['study_id']}_prior"
+            if label["prior_shown"]:
+                assert study_world.read_study_text(row["summary"]) == (changes, frozenset(label["lateral"]))
+                assert row["prior_study_id"] == f"{row['study_id']}_prior"
+            else:  # recorded without its prior: the current findings, no comparison
+                assert study_world.read_study_text(row["summary"]) == (
+                    {f: study_world.PRESENT if f in label["current"] else "absent" for f in FINDINGS},
+                    frozenset(label["lateral"]))
+                assert row["prior_study_id"] is None
             assert [i["view"] for i in row["images"]] == ["PA", "LATERAL"]
             slot = slots[row["study_id"]]
             for role, findings in (("frontal", label["current"]), ("prior", label["prior"])):
@@ -97,22 +108,101 @@ def test_changes_labels_slots_and_text_agree(world):
         assert all(r["prior_study_id"] is None for r in rows[n:])
 
 
+def _groups(world, split):
+    """The split's labels: all, those with their prior, those recorded without it."""
+    labels = list(json.loads((world / split / study_world.LABELS_FILE).read_text()).values())
+    return {"all": labels, "prior": [v for v in labels if v["prior_shown"]],
+            "no prior": [v for v in labels if not v["prior_shown"]]}
+
+
 def test_changes_are_balanced_so_a_reader_without_the_prior_is_at_chance(world):
-    labels = list(json.loads((world / "train" / study_world.LABELS_FILE).read_text()).values())
-    for finding in FINDINGS:
-        counts = {c: sum(v["changes"][finding] == c for v in labels) for c in study_world.CHANGES}
-        assert counts == {c: 6 for c in study_world.CHANGES}
+    groups = _groups(world, "test")
+    assert groups["all"] == groups["prior"]  # the held-out split: every study with its prior
+    for split, group in (("test", "all"), ("train", "prior"), ("train", "no prior")):
+        labels = _groups(world, split)[group]
+        for finding in FINDINGS:
+            counts = {c: sum(v["changes"][finding] == c for v in labels) for c in study_world.CHANGES}
+            assert counts == {c: len(labels) // 4 for c in study_world.CHANGES}, (split, group, finding)
+        texts = [study_world.study_text(v["changes"], frozenset(v["lateral"])) for v in labels]
+        perfect = study_scores(texts, labels)
+        assert perfect["change"]["accuracy"] == 1.0 and perfect["lateral"]["macro_f1"] == 1.0
+        assert perfect["current"]["accuracy"] == 1.0
+        # a reader who sees the current study exactly but not the prior: present -> "new", absent -> nothing
+        blind = [study_world.study_text({f: ("new" if f in v["current"] else "absent") for f in FINDINGS},
+                                        frozenset(v["lateral"])) for v in labels]
+        assert study_scores(blind, labels)["change"]["accuracy"] == study_world.CHANCE
+    labels = _groups(world, "train")["all"]
     for finding in LATERAL_FINDINGS:
-        assert sum(finding in v["lateral"] for v in labels) == round(study_world.LATERAL_PREVALENCE * 24)
-    texts = [study_world.study_text(v["changes"], frozenset(v["lateral"])) for v in labels]
-    perfect = study_scores(texts, labels)
-    assert perfect["change"]["accuracy"] == 1.0 and perfect["lateral"]["macro_f1"] == 1.0
-    # a reader who sees the current study exactly but not the prior: present -> "new", absent -> nothing
-    blind = [study_world.study_text({f: ("new" if f in v["current"] else "absent") for f in FINDINGS},
-                                    frozenset(v["lateral"])) for v in labels]
-    assert study_scores(blind, labels)["change"]["accuracy"] == study_world.CHANCE
+        assert sum(finding in v["lateral"] for v in labels) == round(study_world.LATERAL_PREVALENCE * N_TRAIN)
     no_lateral = study_scores([study_world.study_text(v["changes"], frozenset()) for v in labels], labels)
     assert no_lateral["lateral"]["macro_f1"] == 0.0 and no_lateral["change"]["accuracy"] == 1.0
+
+
+def test_a_declared_fraction_of_training_subjects_has_no_prior_and_the_test_split_is_as_without_it(world, tmp_path):
+    for split, n in (("train", N_TRAIN), ("val", 4), ("test", 8)):
+        groups = _groups(world, split)
+        expected = round(study_world.NO_PRIOR_FRACTION * n) if split in study_world.NO_PRIOR_SPLITS else 0
+        assert len(groups["no prior"]) == expected, split
+    assert 0 < len(_groups(world, "train")["no prior"]) < N_TRAIN
+    # the present findings of the subjects without a prior are balanced too (half of each present)
+    for finding in FINDINGS:
+        assert sum(finding in v["current"] for v in _groups(world, "train")["no prior"]) == N_TRAIN * 0.25 / 2
+    study_world.generate_studies(tmp_path / "none", num_train=N_TRAIN, num_val=4, num_test=8, seed=SEED,
+                                 no_prior_fraction=0.0)
+    none, ours = _hashes(tmp_path / "none"), _hashes(world)
+    assert {k: v for k, v in none.items() if k.startswith("test/")} == {k: v for k, v in ours.items() if k.startswith("test/")}
+    assert none["train/" + study_world.STUDIES_FILE] != ours["train/" + study_world.STUDIES_FILE]
+    assert not any(v["prior_shown"] is False for v in json.loads((tmp_path / "none" / "train" / study_world.LABELS_FILE).read_text()).values())
+
+
+def test_comparison_free_texts_state_no_change():
+    import itertools
+
+    subsets = [frozenset(c) for k in range(len(FINDINGS) + 1) for c in itertools.combinations(FINDINGS, k)]
+    laterals = [frozenset(c) for k in range(3) for c in itertools.combinations(LATERAL_FINDINGS, k)]
+    for findings, lateral in itertools.product(subsets, laterals):
+        text = study_world.finding_text(findings, lateral)
+        assert not CHANGE_WORDS.search(text), text
+        assert study_world.read_study_text(text) == (
+            {f: study_world.PRESENT if f in findings else "absent" for f in FINDINGS}, lateral)
+    with pytest.raises(ValueError, match="unknown findings"):
+        study_world.finding_text(frozenset({"larger"}), frozenset())
+
+
+def test_comparison_free_texts_in_the_files_state_no_change(world):
+    for split in ("train", "val", "test"):
+        labels = json.loads((world / split / study_world.LABELS_FILE).read_text())
+        rows = [json.loads(x) for x in (world / split / study_world.STUDIES_FILE).read_text().splitlines()]
+        free = [r for r in rows if r["study_id"] not in labels or not labels[r["study_id"]]["prior_shown"]]
+        assert len(free) == len(rows) - sum(v["prior_shown"] for v in labels.values())  # priors + those without
+        for row in free:
+            assert not CHANGE_WORDS.search(row["summary"]), row["summary"]
+        with_prior = [r for r in rows if r["study_id"] in labels and labels[r["study_id"]]["prior_shown"]]
+        assert any(CHANGE_WORDS.search(r["summary"]) for r in with_prior)  # the pattern does see change words
+
+
+def test_without_the_prior_the_exact_comparison_free_reader_scores_chance_and_invented_comparisons_count(world):
+    labels = _groups(world, "test")["all"]
+    exact = study_scores([study_world.finding_text(frozenset(v["current"]), frozenset(v["lateral"])) for v in labels],
+                         labels)
+    assert exact["change"]["accuracy"] == study_world.CHANCE
+    assert exact["change"]["by_change"] == {"absent": 1.0, "new": 0.5, "resolved": 0.0, "unchanged": 0.5}
+    assert exact["change"]["comparisons"] == 0 and exact["change"]["studies_with_comparison"] == 0
+    assert exact["current"]["accuracy"] == 1.0 and exact["lateral"]["macro_f1"] == 1.0
+    # the old no-prior failure: every present finding "has resolved" -> scored as stated, below chance
+    resolved = study_scores([study_world.study_text({f: ("resolved" if f in v["current"] else "absent") for f in FINDINGS},
+                                                    frozenset(v["lateral"])) for v in labels], labels)
+    present_pairs = sum(len(v["current"]) for v in labels)
+    assert resolved["change"]["comparisons"] == present_pairs > 0
+    assert resolved["change"]["accuracy"] == 0.25 and resolved["current"]["accuracy"] == 0.5
+    # invented comparisons that happen to be right are scored as stated too (1.0), so none is ignored
+    lucky = study_scores([study_world.study_text(v["changes"], frozenset(v["lateral"])) for v in labels], labels)
+    assert lucky["change"]["accuracy"] == 1.0 and lucky["change"]["comparisons"] == sum(
+        c != "absent" for v in labels for c in v["changes"].values())
+    # a comparison-free reader that gets every current finding wrong scores 0 on both
+    wrong = study_scores([study_world.finding_text(frozenset(FINDINGS) - frozenset(v["current"]), frozenset())
+                          for v in labels], labels)
+    assert wrong["current"]["accuracy"] == 0.0 and wrong["change"]["accuracy"] == 0.0
 
 
 def test_the_study_reader_and_dataset_take_the_file_as_written(world):
@@ -141,7 +231,11 @@ def test_read_study_text_reads_generated_wording():
     assert changes == {"cardiomegaly": "resolved", "pleural_effusion": "new", "pneumothorax": "unchanged",
                        "nodule": "absent"}
     assert lateral == frozenset({"posterior_effusion"})
-    assert study_world.read_study_text("Cardiomegaly. The pulmonary nodule.")[0] == {f: "absent" for f in FINDINGS}
+    assert study_world.read_study_text("Cardiomegaly. The pulmonary nodule. No pneumothorax.")[0] == {
+        "cardiomegaly": study_world.PRESENT, "pleural_effusion": "absent", "pneumothorax": "absent",
+        "nodule": study_world.PRESENT}
+    # a finding's first statement counts: "present" then "new" stays present (half credit at most)
+    assert study_world.read_study_text("There is cardiomegaly. Cardiomegaly is new.")[0]["cardiomegaly"] == "present"
 
 
 def test_bad_input_is_refused(tmp_path):
@@ -149,6 +243,8 @@ def test_bad_input_is_refused(tmp_path):
         study_world.generate_studies(tmp_path, num_train=-1)
     with pytest.raises(ValueError, match="multiple of the slot grid"):
         study_world.generate_studies(tmp_path, num_train=2, image_size=100)
+    with pytest.raises(ValueError, match="without a prior"):
+        study_world.generate_studies(tmp_path, num_train=2, no_prior_fraction=1.5)
     with pytest.raises(ValueError, match="unknown lateral findings"):
         sample_lateral(frozenset({"nodule"}), np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown findings or changes"):
@@ -170,3 +266,8 @@ def test_derangement_and_verdict():
     bad["shuffled_prior"]["change"]["accuracy"] = 0.8
     missed = verdict(bad)
     assert len(missed) == 2 and "above frontal-only" in missed[0] and "shuffled_prior" in missed[1]
+    below = json.loads(json.dumps(good))
+    below["no_prior"]["change"]["accuracy"] = 0.26  # errs below chance without the prior: not a guess
+    assert verdict(below) == ["no_prior change accuracy 0.260 < 0.40"]
+    below["shuffled_prior"]["change"]["accuracy"] = 0.3  # the floor is for the no-prior mode only
+    assert verdict(below) == ["no_prior change accuracy 0.260 < 0.40"]

@@ -11,7 +11,9 @@ them only the prepared folder's pretrained tiny encoder (`python -m xraygpt.embe
     pool/                     more subjects of the same world (seed + 17), used only as stage 0's text
     stage0_train.jsonl        stage 0's conversations: the study instruction with each image's slot words
                               in its image slot (`Frontal (PA): <Img>o o effusion ...</Img> Lateral: <Img>...
-                              </Img> Prior frontal (PA): <Img>...</Img> question`) -> the study's text
+                              </Img> Prior frontal (PA): <Img>...</Img> question`) -> the study's text; a study
+                              recorded without its prior (`study_world.NO_PRIOR_FRACTION`) has no prior slot
+                              and its comparison-free text
     llm_tiny/                 a tiny LLaMA whose tokenizer is trained on those texts (each slot item one piece)
     COMPLETE.json             the settings it was prepared with (a rerun with equal ones is skipped)
 
@@ -20,10 +22,16 @@ a trained run four ways (`MODES`): `image` (frontal + lateral + the study's own 
 `frontal_only` (the lateral left out; the prior still shown), `no_prior` (frontal + lateral, no prior
 image) and `shuffled_prior` (the prior frontal of another subject: a seeded derangement).  It reads
 each text back (`study_world.read_study_text`) and writes predictions_<mode>.jsonl and
-study_metrics.json: per mode the lateral-only findings' P/R/F1 (`evaluation.clinical.prf`) and the
-change accuracy (the four frontal findings x the studies: absent / new / resolved / unchanged, the
-stated change against the drawn one; a reader without the prior gets `study_world.CHANCE` = 0.5).
-`proof_lines` prints one line per run with the bars (`verdict`).
+study_metrics.json: per mode the lateral-only findings' P/R/F1 (`evaluation.clinical.prf`), the
+change accuracy, the comparisons written and the current-state accuracy (`study_scores`, `DEFINITIONS`,
+also written into study_metrics.json).  The change accuracy scores each of the four frontal findings x
+the studies: a stated change (new / resolved / unchanged, or absent: not spoken of) scores 1 when it is
+the drawn one and 0 otherwise, whether a prior was shown or not (an invented comparison is scored as
+stated); a finding stated present without a comparison ("There is a pleural effusion.") scores 1/2 when
+it is new or unchanged (a fair coin between the two changes the statement leaves open) and 0 otherwise.
+So a reader who knows the current study exactly and never compares scores `study_world.CHANCE` = 0.5 on
+balanced changes, as does one who writes "new" for every present finding.  `proof_lines` prints one line
+per run with the bars (`verdict`).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from xraygpt.embedded.lateral import LATERAL_FINDINGS
 
 logger = logging.getLogger(__name__)
 
-STUDY_VERSION = 4  # bump when what prepare_study writes changes
+STUDY_VERSION = 5  # bump when what prepare_study writes changes
 COMPLETE_MARKER = "COMPLETE.json"
 SOURCE_SEED_OFFSETS = {"mimic": 15, "openi": 16, "pool": 17}
 PROMPT_PATH = "prompts/study_compare_{target}.txt"
@@ -52,7 +60,25 @@ MODES = ("image", "frontal_only", "no_prior", "shuffled_prior")
 # The bars (README, "Studies on the embedded default"): lateral-only macro F1 with both views >= LATERAL_BAR
 # and >= LATERAL_GAP above the frontal view only; change accuracy with the prior >= CHANGE_BAR, and without
 # it and with a shuffled prior at chance (at most CHANCE + CHANCE_MARGIN).
+# it and with a shuffled prior at chance (at most CHANCE + CHANCE_MARGIN; without it, also at least
+# CHANCE - CHANCE_MARGIN: a model that errs below chance without the prior does not guess, it invents).
 LATERAL_BAR, LATERAL_GAP, CHANGE_BAR, CHANCE_MARGIN = 0.85, 0.4, 0.85, 0.1
+DEFINITIONS = {
+    "change.accuracy": "mean over the 4 frontal findings x the studies of: 1 if the text states the drawn change "
+                       "(new / resolved / unchanged by a change word, absent by not speaking of the finding), 1/2 if "
+                       "it states the finding present without a comparison and the drawn change is new or unchanged "
+                       "(a coin between the two it leaves open), else 0; a comparison is scored as stated whether a "
+                       "prior was shown or not. A reader who knows the current study exactly and never compares "
+                       "scores 0.5 on balanced changes",
+    "change.by_change": "change.accuracy over the pairs of each drawn change",
+    "change.comparisons": "(finding, study) pairs the texts state with a change word (new / resolved / unchanged)",
+    "change.studies_with_comparison": "studies whose text states at least one change",
+    "current.accuracy": "mean over the 4 frontal findings x the studies of: the text's current state (present if "
+                        "stated new, unchanged or present; absent if stated resolved or not spoken of) equals the "
+                        "drawn current study's",
+    "lateral": "P/R/F1 of the two lateral-only findings (a finding negated by no/not/without does not count), "
+               "macro_f1 their mean",
+}
 SLOT_TEXT_REPEATS = (0, 1, 2, 4, 8)
 
 
@@ -63,12 +89,14 @@ def stage0_conversations(split_dir: Path, questions: list[str], seed: int) -> li
     from xraygpt.prompting import IMAGE_TAG
 
     slots = json.loads((split_dir / study_world.SLOTS_FILE).read_text())
-    texts = {r["study_id"]: r["summary"] for r in map(json.loads, (split_dir / study_world.STUDIES_FILE).read_text().splitlines())}
+    records = {r["study_id"]: r for r in map(json.loads, (split_dir / study_world.STUDIES_FILE).read_text().splitlines())}
+    texts = {k: r["summary"] for k, r in records.items()}
     rng = random.Random(f"study-stage0:{seed}:{split_dir.name}")
     conversations = []
     for study_id in sorted(slots):
-        user = study_instruction(["PA", "LATERAL"], rng.choice(questions), "", ["PA"], "")
-        for role in ("frontal", "lateral", "prior"):
+        prior = records[study_id]["prior_study_id"] is not None  # else recorded without it: no prior slot
+        user = study_instruction(["PA", "LATERAL"], rng.choice(questions), "", ["PA"] if prior else [], "")
+        for role in ("frontal", "lateral", "prior")[:3 if prior else 2]:
             user = user.replace(IMAGE_TAG, f"<Img>{slots[study_id][role]}</Img>", 1)
         conversations.append({"id": f"{split_dir.parent.name}/{study_id}",
                               "turns": [{"role": "user", "content": user},
@@ -77,7 +105,8 @@ def stage0_conversations(split_dir: Path, questions: list[str], seed: int) -> li
 
 
 def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 1000, num_pool: int = 3000,
-                  num_test: int = 100, force: bool = False) -> Path:
+                  num_test: int = 100, force: bool = False,
+                  no_prior_fraction: float = study_world.NO_PRIOR_FRACTION) -> Path:
     """Write the study worlds, stage 0's conversations and the tiny LLM under `out` (module docstring).
     `prepared` is a folder written by `python -m xraygpt.embedded prepare` (its encoder is used)."""
     from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE
@@ -87,7 +116,7 @@ def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 100
 
     marker = out / COMPLETE_MARKER
     settings = {"version": STUDY_VERSION, "seed": seed, "prepared": str(prepared.resolve()), "num_train": num_train,
-                "num_pool": num_pool, "num_test": num_test}
+                "num_pool": num_pool, "num_test": num_test, "no_prior_fraction": no_prior_fraction}
     if marker.is_file() and not force and json.loads(marker.read_text()) == settings:
         logger.info("study proof already prepared in %s", out)
         return out
@@ -95,9 +124,10 @@ def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 100
         raise FileNotFoundError(f"{prepared} has no medclip_tiny/ (run `python -m xraygpt.embedded prepare` first)")
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
-    study_world.generate_studies(out / "mimic", num_train, 16, num_test, seed + SOURCE_SEED_OFFSETS["mimic"])
-    study_world.generate_studies(out / "openi", max(1, num_train // 3), 16, num_test, seed + SOURCE_SEED_OFFSETS["openi"])
-    study_world.generate_studies(out / "pool", num_pool, 0, 0, seed + SOURCE_SEED_OFFSETS["pool"])
+    sizes = {"mimic": (num_train, 16, num_test), "openi": (max(1, num_train // 3), 16, num_test), "pool": (num_pool, 0, 0)}
+    for source, (train, val, test) in sizes.items():
+        study_world.generate_studies(out / source, train, val, test, seed + SOURCE_SEED_OFFSETS[source],
+                                     no_prior_fraction=no_prior_fraction)
     questions = load_questions(PROMPT_PATH, "summary")
     conversations = [c for source in ("mimic", "pool")
                      for c in stage0_conversations(out / source / "train", questions, seed)]
@@ -131,7 +161,8 @@ def derangement(n: int, seed: int) -> list[int]:
 
 
 def study_scores(predictions: list[str], labels: list[dict]) -> dict:
-    """Lateral-only P/R/F1 (per finding, macro) and change accuracy (overall, per drawn change) of texts."""
+    """Lateral-only P/R/F1 (per finding, macro), change accuracy (overall, per drawn change), the
+    comparisons written and the current-state accuracy of texts (module docstring, `DEFINITIONS`)."""
     from xraygpt.evaluation.clinical import prf
 
     read = [study_world.read_study_text(p) for p in predictions]
@@ -143,16 +174,27 @@ def study_scores(predictions: list[str], labels: list[dict]) -> dict:
     precision, recall, f1 = prf(counts[:, 0], counts[:, 1], counts[:, 2])
     per = {f: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                "support": int(counts[k, 0] + counts[k, 2])} for k, f in enumerate(LATERAL_FINDINGS)}
-    right = {c: [0, 0] for c in study_world.CHANGES}
+    right = {c: [0.0, 0] for c in study_world.CHANGES}
+    compared, comparing_studies, current_right = 0, 0, 0
+    now = ("new", "unchanged", study_world.PRESENT)  # the states that say the finding is there now
     for (changes, _), label in zip(read, labels):
+        said = [changes[f] for f in FINDINGS if changes[f] in study_world.COMPARISONS]
+        compared += len(said)
+        comparing_studies += bool(said)
         for finding in FINDINGS:
-            truth = label["changes"][finding]
-            right[truth][0] += changes[finding] == truth
+            truth, stated = label["changes"][finding], changes[finding]
+            if stated == study_world.PRESENT:  # no comparison: half of new-or-unchanged (module docstring)
+                right[truth][0] += 0.5 if truth in ("new", "unchanged") else 0.0
+            else:
+                right[truth][0] += stated == truth
             right[truth][1] += 1
+            current_right += (stated in now) == (truth in ("new", "unchanged"))
     total = sum(n for _, n in right.values())
     return {"lateral": {"per_finding": per, "macro_f1": float(np.mean(f1))},
             "change": {"accuracy": sum(r for r, _ in right.values()) / total if total else 0.0,
-                       "by_change": {c: (r / n if n else None) for c, (r, n) in right.items()}, "pairs": total},
+                       "by_change": {c: (r / n if n else None) for c, (r, n) in right.items()}, "pairs": total,
+                       "comparisons": compared, "studies_with_comparison": comparing_studies},
+            "current": {"accuracy": current_right / total if total else 0.0, "pairs": total},
             "studies": len(predictions)}
 
 
@@ -185,6 +227,9 @@ def evaluate_study(run_dir: Path, split_dir: Path, out_dir: Path, seed: int = 0,
     ids = [r.study_id for r in full.records]
     if ids != sorted(labels):
         raise ValueError(f"{split_dir}: the first {count} studies of {study_world.STUDIES_FILE} are not the labelled ones")
+    if any(r.prior_study_id is None for r in full.records):  # the shuffled ablation swaps the last image
+        raise ValueError(f"{split_dir}: every held-out study must have its prior (a test split, generated with none "
+                         "left without)")
     question = full.instructions[0]
     other = derangement(count, seed)
     generation = GenerationSettings(max_new_tokens=max_new_tokens)
@@ -212,9 +257,12 @@ def evaluate_study(run_dir: Path, split_dir: Path, out_dir: Path, seed: int = 0,
             raise AssertionError("a study kept its own prior in the shuffled ablation")
         atomic_write_text(out_dir / f"predictions_{mode}.jsonl", "".join(json.dumps(r) + "\n" for r in ordered))
         results[mode] = study_scores([r["prediction"] for r in ordered], [labels[r["image_id"]] for r in ordered])
-        logger.info("studies, %s: lateral-only macro F1 %.3f, change accuracy %.3f", mode,
-                    results[mode]["lateral"]["macro_f1"], results[mode]["change"]["accuracy"])
+        logger.info("studies, %s: lateral-only macro F1 %.3f, change accuracy %.3f, comparisons written %d, "
+                    "current-state accuracy %.3f", mode, results[mode]["lateral"]["macro_f1"],
+                    results[mode]["change"]["accuracy"], results[mode]["change"]["comparisons"],
+                    results[mode]["current"]["accuracy"])
     results["chance"] = study_world.CHANCE
+    results["definitions"] = DEFINITIONS
     atomic_write_text(out_dir / "study_metrics.json", json.dumps(results, indent=2))
     return results
 
@@ -224,6 +272,7 @@ def verdict(result: dict) -> list[str]:
     both, frontal = result["image"]["lateral"]["macro_f1"], result["frontal_only"]["lateral"]["macro_f1"]
     change = {mode: result[mode]["change"]["accuracy"] for mode in ("image", "no_prior", "shuffled_prior")}
     ceiling = result.get("chance", study_world.CHANCE) + CHANCE_MARGIN
+    floor = result.get("chance", study_world.CHANCE) - CHANCE_MARGIN
     missed = []
     if both < LATERAL_BAR:
         missed.append(f"lateral F1 {both:.3f} < {LATERAL_BAR}")
@@ -234,13 +283,16 @@ def verdict(result: dict) -> list[str]:
     for mode in ("no_prior", "shuffled_prior"):
         if change[mode] > ceiling:
             missed.append(f"{mode} change accuracy {change[mode]:.3f} > {ceiling:.2f}")
+    if change["no_prior"] < floor:
+        missed.append(f"no_prior change accuracy {change['no_prior']:.3f} < {floor:.2f}")
     return missed
 
 
 def proof_lines(metric_files: list[Path]) -> str:
     """One line per run (study_metrics.json): lateral-only macro F1 with both views / the frontal only,
     change accuracy with the prior / without / with a shuffled prior, and the bars missed."""
-    lines = [f"{'run':<44}{'lat F1 both':>12}{'frontal':>9}{'change prior':>14}{'no prior':>10}{'shuffled':>10}  bars"]
+    lines = [f"{'run':<44}{'lat F1 both':>12}{'frontal':>9}{'change prior':>14}{'no prior':>10}{'shuffled':>10}"
+             f"{'no prior: compared':>20}{'current':>9}  bars"]
     every = True
     for path in metric_files:
         r = json.loads(path.read_text())
@@ -248,11 +300,15 @@ def proof_lines(metric_files: list[Path]) -> str:
         every = every and not missed
         lines.append(f"{str(path.parent):<44}{r['image']['lateral']['macro_f1']:>12.3f}"
                      f"{r['frontal_only']['lateral']['macro_f1']:>9.3f}{r['image']['change']['accuracy']:>14.3f}"
-                     f"{r['no_prior']['change']['accuracy']:>10.3f}{r['shuffled_prior']['change']['accuracy']:>10.3f}  "
+                     f"{r['no_prior']['change']['accuracy']:>10.3f}{r['shuffled_prior']['change']['accuracy']:>10.3f}"
+                     f"{r['no_prior']['change'].get('comparisons', float('nan')):>20}"
+                     f"{r['no_prior'].get('current', {}).get('accuracy', float('nan')):>9.3f}  "
                      f"{'; '.join(missed) if missed else 'all met'}")
     lines.append(f"bars: lateral F1 >= {LATERAL_BAR} and >= {LATERAL_GAP} above frontal-only; change accuracy >= "
-                 f"{CHANGE_BAR} with the prior, <= {study_world.CHANCE + CHANCE_MARGIN:.2f} without it and shuffled "
-                 f"(chance {study_world.CHANCE}): {'every bar met' if every else 'NOT every bar met'}")
+                 f"{CHANGE_BAR} with the prior, <= {study_world.CHANCE + CHANCE_MARGIN:.2f} without it and shuffled, "
+                 f">= {study_world.CHANCE - CHANCE_MARGIN:.2f} without it (chance {study_world.CHANCE}): "
+                 f"{'every bar met' if every else 'NOT every bar met'}; without the prior, 'compared': (finding, "
+                 f"study) pairs stated with a change word (not a bar, expected 0), 'current': current-state accuracy")
     return "\n".join(lines)
 
 
@@ -269,6 +325,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-train", type=int, default=1000, help="training subjects of the mimic source")
     p.add_argument("--num-pool", type=int, default=3000, help="more subjects, stage 0's text only")
     p.add_argument("--num-test", type=int, default=100, help="held-out subjects per source")
+    p.add_argument("--no-prior-fraction", type=float, default=study_world.NO_PRIOR_FRACTION,
+                   help="training subjects recorded without their prior (comparison-free text)")
     p.add_argument("--force", action="store_true")
     e = sub.add_parser("study-evaluate", help="lateral-only F1 and change accuracy: both views, frontal only, "
                                               "no prior, shuffled prior")
@@ -284,7 +342,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run one of COMMANDS; returns the exit status (0)."""
     if args.command == "study-prepare":
-        prepare_study(args.out, args.prepared, args.seed, args.num_train, args.num_pool, args.num_test, args.force)
+        prepare_study(args.out, args.prepared, args.seed, args.num_train, args.num_pool, args.num_test, args.force,
+                      args.no_prior_fraction)
     elif args.command == "study-evaluate":
         evaluate_study(args.run, args.split, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
     else:
