@@ -83,17 +83,24 @@ def test_stage1_with_a_sharded_frozen_llm_equals_one_process(tiny_assets, tmp_pa
     """Stage 1 (launched by scripts/launch.sh) with the frozen LLM and encoder sharded, with
     gradient accumulation, clipping, gradient checkpointing and length-grouped batches: the
     projection trains as in one process,
-    the checkpoint holds only trainable weights, and stage 2 starts from the sharded checkpoint."""
+    the checkpoint holds only trainable weights, and stage 2 starts from the sharded checkpoint.
+    The projector centres its tokens (`layernorm_center`): the running mean it keeps is summed over
+    the ranks, so it too equals one process's and travels in the sharded checkpoint."""
     common = dict(iters_per_epoch=3, sample_generations=1, accum_grad_iters=2, grad_clip=0.05,
                   gradient_checkpointing=True, group_by_length=True)
-    two = write_yaml(tiny_config(tiny_assets, tmp_path / "two", strategy="fsdp", batch_size_train=2, **common),
+
+    def centred(cfg):
+        cfg["model"]["projector_norm"] = "layernorm_center"
+        return cfg
+
+    two = write_yaml(centred(tiny_config(tiny_assets, tmp_path / "two", strategy="fsdp", batch_size_train=2, **common)),
                      tmp_path / "two.yaml")
     launched = subprocess.run(  # through the multi-node launcher, as one node of two ranks
         ["bash", str(REPO / "scripts" / "launch.sh"), "--cfg-path", str(two)], cwd=REPO, capture_output=True, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RDZV_ENDPOINT": "127.0.0.1:29623",
              "PYTHON": sys.executable}, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    model, runner = _runner(write_yaml(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common),
+    model, runner = _runner(write_yaml(centred(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common)),
                                        tmp_path / "one.yaml"))
     runner.train()
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
@@ -103,9 +110,10 @@ def test_stage1_with_a_sharded_frozen_llm_equals_one_process(tiny_assets, tmp_pa
     for shard in folder.glob("*.safetensors"):
         with safe_open(str(shard), "pt") as f:
             saved |= {k.split(".", 1)[1] for k in f.keys() if k.startswith("model.")}
-    assert saved == set(model.trainable_state_dict())  # the projection (and its flag), nothing frozen
+    assert saved == set(model.trainable_state_dict())  # the projection, its flag and mean, nothing frozen
+    assert {"projector.token_mean", "projector.token_count"} <= saved
     assert (tmp_path / "two" / "samples.jsonl").read_text().count("\n") == 1
-    cfg = tiny_config(tiny_assets, tmp_path / "s2", iters_per_epoch=1, sample_generations=0)
+    cfg = centred(tiny_config(tiny_assets, tmp_path / "s2", iters_per_epoch=1, sample_generations=0))
     cfg["model"]["ckpt"] = str(folder)
     stage2, _ = _runner(write_yaml(cfg, tmp_path / "s2.yaml"))
     _assert_close(stage2.trainable_state_dict(), _weights(tmp_path / "one", model), 1e-5)

@@ -114,6 +114,42 @@ def test_projector_norm_normalises_each_token_and_checkpoints_must_match(model, 
     assert torch.equal(again.projector.proj.weight, normed.projector.proj.weight)
 
 
+def test_projector_norm_center_subtracts_the_running_mean_token_of_training(tiny_model_factory):
+    centered = tiny_model_factory(seed=5, projector_norm="layernorm_center")
+    plain = tiny_model_factory(seed=5, projector_norm="layernorm")
+    n, dim = centered.encoder.num_tokens, centered.encoder.output_dim
+    first, second = torch.randn(2, n, dim) * 3 + 1, torch.randn(3, n, dim) * 2 - 1
+    normed = torch.nn.functional.layer_norm(torch.cat([first, second]), (dim,))
+    proj = centered.projector
+    with torch.no_grad():
+        proj.train()
+        centered.project_features(first)
+        out = centered.project_features(second)
+        # The mean over every token seen while training, however the batches fell.
+        torch.testing.assert_close(proj.token_mean, normed.reshape(-1, dim).mean(dim=0), atol=1e-5, rtol=0)
+        assert float(proj.token_count) == 5 * n
+        torch.testing.assert_close(out, proj.proj(normed[2:] - proj.token_mean), atol=1e-4, rtol=1e-4)
+        # Eval mode uses the mean and leaves it alone; a token equal to it projects to the bias alone.
+        proj.eval()
+        kept = proj.token_mean.clone()
+        centered.project_features(torch.randn(4, n, dim) + 5)
+        assert torch.equal(proj.token_mean, kept)
+        plain.projector.proj.load_state_dict(proj.proj.state_dict())
+        assert not torch.allclose(plain.project_features(second), centered.project_features(second), atol=1e-3)
+    # The mean travels with the trained weights, and only into a model that centres.
+    state = centered.trainable_state_dict()
+    assert {"projector.token_mean", "projector.token_count"} <= set(state)
+    again = tiny_model_factory(seed=6, projector_norm="layernorm_center")
+    again.load_trainable_state_dict(state, "centered.pt")
+    again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.project_features(second), centered.project_features(second))
+    with pytest.raises(ValueError, match="trained with model.projector_norm=layernorm_center"):
+        plain.load_trainable_state_dict(state, "centered.pt")
+    with pytest.raises(ValueError, match="trained with model.projector_norm=layernorm;"):
+        again.load_trainable_state_dict(plain.trainable_state_dict(), "plain.pt")
+
+
 def test_projector_init_zeros_starts_at_the_zero_vector_and_then_learns(model, tiny_model_factory):
     zero = tiny_model_factory(seed=5, projector_init="zeros")
     feats = torch.randn(2, zero.encoder.num_tokens, zero.encoder.output_dim)

@@ -63,7 +63,7 @@ class XrayGPT(nn.Module):
         freeze_llm: keep the LLM frozen and in eval mode (the recipe: True).
         projector_bias: whether the projection has a bias.
         projector_norm: parameter-free normalisation of the frozen feature tokens before the
-            projection: `none` or `layernorm` (see xraygpt.models.projector).
+            projection: `none`, `layernorm` or `layernorm_center` (see xraygpt.models.projector).
         projector_init: the projection's initial weights: `default` (nn.Linear's) or `zeros`
             (see xraygpt.models.projector).
     """
@@ -122,14 +122,18 @@ class XrayGPT(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters that train (the projection in stages 1-2) and the projector's normalisation flag."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad} | {self.NORM_KEY}
+        """The parameters that train (the projection in stages 1-2) and the projector's buffers: its
+        normalisation flag and, with `layernorm_center`, the running mean token it subtracts."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        names |= {f"projector.{n}" for n, _ in self.projector.named_buffers()}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load weights written by `trainable_state_dict`: every trainable weight must be present, and no
         other weight (a frozen weight in a checkpoint would silently overwrite the frozen model)."""
         own = self.state_dict()
+        if self.NORM_KEY in state:  # first: another norm's buffers are "unknown" weights here
+            self._check_projector_norm(state, source)
         unknown = [k for k in state if k not in own]
         if unknown:
             hint = " (a stage-0 checkpoint? point model.llm.path at its hf_model folder)" if unknown[0].startswith("llm.") else ""
@@ -141,11 +145,7 @@ class XrayGPT(nn.Module):
                     else "")
             raise ValueError(f"checkpoint {source} holds {len(frozen)} weights this model keeps frozen, first "
                              f"{frozen[0]}: loading it would overwrite them{hint}")
-        code = int(state.get(self.NORM_KEY, torch.tensor(0)))
-        trained_norm = NORM_MODES[code] if 0 <= code < len(NORM_MODES) else f"unknown ({code})"
-        if trained_norm != self.projector.norm:
-            raise ValueError(f"checkpoint {source} was trained with model.projector_norm={trained_norm}; "
-                             f"set the same value to load it")
+        self._check_projector_norm(state, source)
         state = {**state, self.NORM_KEY: own[self.NORM_KEY]}
         missing = sorted(wanted - set(state))
         if missing:
@@ -154,6 +154,14 @@ class XrayGPT(nn.Module):
             if v.shape != own[k].shape:
                 raise ValueError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
         self.load_state_dict(state, strict=False)
+
+    def _check_projector_norm(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Raise unless `state` was trained with this model's projector_norm (no flag: `none`)."""
+        code = int(state.get(self.NORM_KEY, torch.tensor(0)))
+        trained_norm = NORM_MODES[code] if 0 <= code < len(NORM_MODES) else f"unknown ({code})"
+        if trained_norm != self.projector.norm:
+            raise ValueError(f"checkpoint {source} was trained with model.projector_norm={trained_norm}; "
+                             f"set the same value to load it")
 
     @property
     def device(self) -> torch.device:
