@@ -14,7 +14,8 @@ image drawn by `lateral.render_lateral`) and its prior (the same, earlier).  Bot
 `anatomy.sample_case` with the same anatomy draws (the same patient; the prior's pose, exposure and
 noise drawn anew), and the nodules drawn at the same places, so a finding present in both is drawn
 the same.  Per frontal finding the change is one of `CHANGES` (absent in both, new, resolved,
-unchanged), each on exactly a quarter of a split's subjects (chosen independently per finding): a
+unchanged), each on a quarter of a split's subjects (chosen independently per finding; exactly a quarter
+of each group below, with and without the prior, when its size is a multiple of 4): a
 reader who knows the current study exactly but not the prior can only tell new from unchanged, or
 resolved from absent, by a coin, so the change accuracy without the prior is 0.5 (`CHANCE`).
 A declared fraction of the training subjects (`NO_PRIOR_FRACTION` of the `train` and `val` splits,
