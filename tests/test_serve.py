@@ -521,9 +521,11 @@ def _benchmark(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_benchmark_prints_both_modes_and_the_flood(serve_yaml, xray):
-    """Figures are timings and not checked; what is: every row and line is printed, nothing is lost."""
+    """Figures are timings and not checked; what is: every row and line is printed, nothing is lost.
+    The queue holds as many requests as there are clients: with fewer, the three clients' requests
+    could all arrive before the batcher takes one, and the third would rightly be refused (429)."""
     proc = _benchmark("--cfg-path", str(serve_yaml), "--clients", "3", "--requests", "1", "--max-tokens", "4",
-                      "--batch-size", "2", "--max-queue", "2", "--flood", "20", "--image", str(xray))
+                      "--batch-size", "2", "--max-queue", "3", "--flood", "20", "--image", str(xray))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rows = re.findall(r"^(dynamic batching \(2\)|batching off)\s+3\s+3\s+0\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+"
@@ -532,7 +534,7 @@ def test_benchmark_prints_both_modes_and_the_flood(serve_yaml, xray):
     assert rows[1][1] == "1" and int(rows[0][1]) <= 2  # batching off runs batches of one
     assert re.search(r"^throughput with dynamic batching / batching off: [\d.]+x$", proc.stdout, re.M)
     assert "answers identical in both modes: 3 of 3" in proc.stdout
-    flood = re.search(r"^flood of 20 requests at once \(queue 2, batches of 2\): 200: (\d+), 429: (\d+), other: 0; "
+    flood = re.search(r"^flood of 20 requests at once \(queue 3, batches of 2\): 200: (\d+), 429: (\d+), other: 0; "
                       r"/health during the flood: 200 in [\d.]+s, after: 200; server running: yes$", proc.stdout, re.M)
     assert flood and int(flood.group(1)) + int(flood.group(2)) == 20, proc.stdout
 
