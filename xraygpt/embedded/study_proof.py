@@ -176,7 +176,7 @@ def study_scores(predictions: list[str], labels: list[dict]) -> dict:
                "support": int(counts[k, 0] + counts[k, 2])} for k, f in enumerate(LATERAL_FINDINGS)}
     right = {c: [0.0, 0] for c in study_world.CHANGES}
     compared, comparing_studies, current_right = 0, 0, 0
-    now = ("new", "unchanged", study_world.PRESENT)  # the states that say the finding is there now
+    there_now = ("new", "unchanged")  # the drawn changes whose current study shows the finding
     for (changes, _), label in zip(read, labels):
         said = [changes[f] for f in FINDINGS if changes[f] in study_world.COMPARISONS]
         compared += len(said)
@@ -184,11 +184,11 @@ def study_scores(predictions: list[str], labels: list[dict]) -> dict:
         for finding in FINDINGS:
             truth, stated = label["changes"][finding], changes[finding]
             if stated == study_world.PRESENT:  # no comparison: half of new-or-unchanged (module docstring)
-                right[truth][0] += 0.5 if truth in ("new", "unchanged") else 0.0
+                right[truth][0] += 0.5 if truth in there_now else 0.0
             else:
                 right[truth][0] += stated == truth
             right[truth][1] += 1
-            current_right += (stated in now) == (truth in ("new", "unchanged"))
+            current_right += (stated in there_now or stated == study_world.PRESENT) == (truth in there_now)
     total = sum(n for _, n in right.values())
     return {"lateral": {"per_finding": per, "macro_f1": float(np.mean(f1))},
             "change": {"accuracy": sum(r for r, _ in right.values()) / total if total else 0.0,

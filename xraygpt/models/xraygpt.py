@@ -145,7 +145,8 @@ class XrayGPT(nn.Module):
                     else "")
             raise ValueError(f"checkpoint {source} holds {len(frozen)} weights this model keeps frozen, first "
                              f"{frozen[0]}: loading it would overwrite them{hint}")
-        self._check_projector_norm(state, source)
+        if self.NORM_KEY not in state:  # checked above when present; absent means `none`
+            self._check_projector_norm(state, source)
         state = {**state, self.NORM_KEY: own[self.NORM_KEY]}
         missing = sorted(wanted - set(state))
         if missing:
