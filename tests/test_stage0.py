@@ -208,6 +208,48 @@ def test_slot_filler_noise_only_on_the_prompts_filler_and_only_while_training(ti
         _build(tiny_assets, "full", slot_filler_noise=1.0, slot_filler="no such filler")
 
 
+def test_slot_filler_shift_is_one_word_mix_per_sample_on_the_prompts_filler(tiny_assets):
+    from xraygpt.constants import IGNORE_INDEX
+    from xraygpt.models.llm_sft import shifted_slot_filler
+
+    model = _build(tiny_assets, "full", slot_filler_shift=0.5, slot_filler="a", slot_words=["b", "c"])
+    filler = model.filler_id
+    assert model.slot_word_ids == [model.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in "bc"]
+    ids = torch.randint(3, 200, (4, 12))
+    ids[ids == filler] = filler + 1
+    ids[:, [2, 3, 5]] = filler  # positions 2, 3, 5 in the prompt; 9 in the answer
+    ids[:, 9] = filler
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, 8:] = ids[:, 8:]
+    embedding = model.llm.get_input_embeddings()
+    clean = embedding(ids).detach()
+    words = embedding.weight.detach()[model.slot_word_ids]
+    shifted = shifted_slot_filler(clean, ids, labels, filler, words, scale=0.5)
+    delta = shifted - clean
+    changed = (delta != 0).any(-1)
+    expected = torch.zeros_like(changed)
+    expected[:, [2, 3, 5]] = True
+    assert torch.equal(changed, expected)
+    # one offset per sample, the same at each of its filler items, in the span of the two words
+    assert torch.allclose(delta[:, 2], delta[:, 3]) and torch.allclose(delta[:, 2], delta[:, 5])
+    assert not torch.allclose(delta[0, 2], delta[1, 2])
+    coef = torch.linalg.lstsq(words.T, delta[:, 2].T).solution
+    assert torch.allclose(coef.T @ words, delta[:, 2], atol=1e-5)
+    assert coef.abs().max() <= 0.5 + 1e-5
+    # forward: eval mode leaves the embeddings alone
+    mask = torch.ones_like(ids)
+    model.eval()
+    eval_loss = model(ids, mask, labels)["loss"]
+    model.train()
+    assert not torch.allclose(model(ids, mask, labels)["loss"], eval_loss)
+    with pytest.raises(ValueError, match="model.slot_filler_shift must be >= 0"):
+        _build(tiny_assets, "full", slot_filler_shift=-1.0)
+    with pytest.raises(ValueError, match="needs model.slot_words"):
+        _build(tiny_assets, "full", slot_filler_shift=0.5)
+    with pytest.raises(ValueError, match="model.slot_words 'no such word' is"):
+        _build(tiny_assets, "full", slot_filler_shift=0.5, slot_filler="a", slot_words=["no such word"])
+
+
 @pytest.fixture(scope="module")
 def ptok(tiny_assets):
     return PromptTokenizer(load_tokenizer(tiny_assets["llm"]), PromptFormat(), 0)

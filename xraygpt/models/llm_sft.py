@@ -23,6 +23,15 @@ everything else in the slot says nothing; stages 1-2 replace the slot by project
 that are never exactly "o".  Without it a seed's LLM read 49 zero or random vectors as findings
 (1.1-1.5 per image) and a blank image's tokens as broken sentences naming findings (README,
 "Learnability").  None in eval mode.
+
+`slot_filler_shift > 0` adds, on top, one offset per sample shared by every filler item of its
+slot while training: sum_k c_k * E[w_k] over the `slot_words` (the slot's finding items), c_k ~
+U(-slot_filler_shift, slot_filler_shift) per sample and word.  The noise above is independent
+per item, so it averages out over the slot; a shift common to the whole slot does not.  Stage 1's
+projection maps a blank image to one token repeated at every position, a small vector with a
+faint share of every finding word, and the LLM summed those faint shares over 49 items into
+findings.  With the shift it learns that a finding is an item that stands out from the rest of
+the slot, not a trace shared by all of it (README, "Learnability").  None in eval mode.
 """
 
 from __future__ import annotations
@@ -57,6 +66,14 @@ def _neftune_hook(module: nn.Module, inputs, output: torch.Tensor, alpha: float)
     return output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
 
 
+def _one_token(tokenizer, word: str, key: str) -> int:
+    """The id of `word`, which must be one token of `tokenizer` (else a ValueError naming `key`)."""
+    pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(pieces) != 1:
+        raise ValueError(f"{key} {word!r} is {len(pieces)} tokens of this tokenizer; the slot noise needs one-token items")
+    return pieces[0]
+
+
 def noisy_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, filler_id: int,
                       scale: float) -> torch.Tensor:
     """(B, L, d) embeddings with N(0, (u_b * scale)^2) noise per element, u_b ~ U(0, 1) per sample, added at
@@ -64,6 +81,16 @@ def noisy_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: tor
     mask = ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
     sigma = torch.rand(embeds.shape[0], 1, 1, device=embeds.device, dtype=embeds.dtype) * scale
     return embeds + mask * sigma * torch.randn_like(embeds)
+
+
+def shifted_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, filler_id: int,
+                        words: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, L, d) embeddings with one offset per sample, c @ words with c ~ U(-scale, scale)^(B, K) and
+    `words` the (K, d) word embeddings, added at the positions where `input_ids` holds `filler_id`
+    outside the target (`labels` == IGNORE_INDEX)."""
+    mask = ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
+    coef = (torch.rand(embeds.shape[0], words.shape[0], device=embeds.device, dtype=embeds.dtype) * 2 - 1) * scale
+    return embeds + mask * (coef @ words.to(embeds.dtype)).unsqueeze(1)
 
 
 @register("model", "llm_sft")
@@ -81,7 +108,11 @@ class LLMSFT(nn.Module):
         slot_filler_noise: noise on the slot filler in the prompt while training, in units of the
             embedding matrix's rms (0 = off; see the module docstring).
         slot_filler: the slot's background item; one token of the tokenizer (checked when
-            `slot_filler_noise` > 0).
+            `slot_filler_noise` or `slot_filler_shift` > 0).
+        slot_filler_shift: bound of the per-sample offset shared by the slot's filler items, in
+            units of the `slot_words`' embeddings (0 = off; see the module docstring).
+        slot_words: the slot's finding items, each one token of the tokenizer (checked when
+            `slot_filler_shift` > 0).
     """
 
     CONFIG_SECTIONS = {"llm": load_llm, "prompt": PromptFormat}
@@ -99,6 +130,8 @@ class LLMSFT(nn.Module):
         neftune_alpha: float = 0.0,
         slot_filler_noise: float = 0.0,
         slot_filler: str = "o",
+        slot_filler_shift: float = 0.0,
+        slot_words: list[str] = (),
     ):
         super().__init__()
         if finetune not in FINETUNE_MODES:
@@ -107,14 +140,18 @@ class LLMSFT(nn.Module):
             raise ValueError(f"model.neftune_alpha must be >= 0, got {neftune_alpha}")
         if slot_filler_noise < 0:
             raise ValueError(f"model.slot_filler_noise must be >= 0, got {slot_filler_noise}")
+        if slot_filler_shift < 0:
+            raise ValueError(f"model.slot_filler_shift must be >= 0, got {slot_filler_shift}")
+        if slot_filler_shift > 0 and not slot_words:
+            raise ValueError("model.slot_filler_shift needs model.slot_words (the slot's finding items)")
         self.slot_filler_noise = float(slot_filler_noise)
+        self.slot_filler_shift = float(slot_filler_shift)
         self.filler_id = None
-        if slot_filler_noise > 0:
-            pieces = tokenizer(slot_filler, add_special_tokens=False)["input_ids"]
-            if len(pieces) != 1:
-                raise ValueError(f"model.slot_filler {slot_filler!r} is {len(pieces)} tokens of this tokenizer; "
-                                 f"slot_filler_noise needs a one-token filler")
-            self.filler_id = pieces[0]
+        self.slot_word_ids: list[int] = []
+        if slot_filler_noise > 0 or slot_filler_shift > 0:
+            self.filler_id = _one_token(tokenizer, slot_filler, "model.slot_filler")
+        if slot_filler_shift > 0:
+            self.slot_word_ids = [_one_token(tokenizer, w, "model.slot_words") for w in slot_words]
         if is_quantized(llm):
             raise ValueError("stage 0 trains the LLM: load it unquantized (model.llm.quantization: none); "
                              "quantization is for a frozen LLM")
@@ -176,6 +213,9 @@ class LLMSFT(nn.Module):
             rms = embedding.weight.detach().float().pow(2).mean().sqrt().item()
             embeds = noisy_slot_filler(embedding(input_ids), input_ids, labels, self.filler_id,
                                        self.slot_filler_noise * rms)
+            if self.slot_word_ids:
+                words = embedding.weight.detach()[self.slot_word_ids]
+                embeds = shifted_slot_filler(embeds, input_ids, labels, self.filler_id, words, self.slot_filler_shift)
             hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         else:
             hidden = self.llm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
