@@ -15,8 +15,8 @@ trainable weight, so the projection still is the only thing that learns):
   background and common-finding tokens moves the few tokens of a rare finding through that shared
   part of the map: on two of five seeds stage 1 pushed single nodules away from their reading
   and never came back (README, "Learnability").  The bias then carries what every token shares.
-  Not the embedded default: there it made every seed read nodules but gave findings for a blank
-  image on three of five fresh seeds (README, "Learnability").
+  The embedded default, together with stage 0's shared filler shift (`model.slot_filler_shift`,
+  xraygpt.models.llm_sft): centred alone, a blank image gave findings on three of five seeds.
 
 Its initial weights (``INIT_MODES``):
 - ``default``: PyTorch's ``nn.Linear`` initialisation (the recipe as published);
