@@ -74,11 +74,16 @@ def _one_token(tokenizer, word: str, key: str) -> int:
     return pieces[0]
 
 
+def _filler_positions(input_ids: torch.Tensor, labels: torch.Tensor, filler_id: int) -> torch.Tensor:
+    """(B, L, 1) bool: where the prompt (outside the target, `labels` == IGNORE_INDEX) holds `filler_id`."""
+    return ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
+
+
 def noisy_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, filler_id: int,
                       scale: float) -> torch.Tensor:
     """(B, L, d) embeddings with N(0, (u_b * scale)^2) noise per element, u_b ~ U(0, 1) per sample, added at
     the positions where `input_ids` holds `filler_id` outside the target (`labels` == IGNORE_INDEX)."""
-    mask = ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
+    mask = _filler_positions(input_ids, labels, filler_id)
     sigma = torch.rand(embeds.shape[0], 1, 1, device=embeds.device, dtype=embeds.dtype) * scale
     return embeds + mask * sigma * torch.randn_like(embeds)
 
@@ -88,7 +93,7 @@ def shifted_slot_filler(embeds: torch.Tensor, input_ids: torch.Tensor, labels: t
     """(B, L, d) embeddings with one offset per sample, c @ words with c ~ U(-scale, scale)^(B, K) and
     `words` the (K, d) word embeddings, added at the positions where `input_ids` holds `filler_id`
     outside the target (`labels` == IGNORE_INDEX)."""
-    mask = ((input_ids == filler_id) & (labels == IGNORE_INDEX)).unsqueeze(-1)
+    mask = _filler_positions(input_ids, labels, filler_id)
     coef = (torch.rand(embeds.shape[0], words.shape[0], device=embeds.device, dtype=embeds.dtype) * 2 - 1) * scale
     return embeds + mask * (coef @ words.to(embeds.dtype)).unsqueeze(1)
 
@@ -210,9 +215,10 @@ class LLMSFT(nn.Module):
         """(B, L) right-padded ids, mask and labels -> `target_token_loss` outputs."""
         if self.training and self.filler_id is not None:
             embedding = self.llm.get_input_embeddings()
-            rms = embedding.weight.detach().float().pow(2).mean().sqrt().item()
-            embeds = noisy_slot_filler(embedding(input_ids), input_ids, labels, self.filler_id,
-                                       self.slot_filler_noise * rms)
+            embeds = embedding(input_ids)
+            if self.slot_filler_noise > 0:
+                rms = embedding.weight.detach().float().pow(2).mean().sqrt().item()
+                embeds = noisy_slot_filler(embeds, input_ids, labels, self.filler_id, self.slot_filler_noise * rms)
             if self.slot_word_ids:
                 words = embedding.weight.detach()[self.slot_word_ids]
                 embeds = shifted_slot_filler(embeds, input_ids, labels, self.filler_id, words, self.slot_filler_shift)
