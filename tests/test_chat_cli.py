@@ -1,8 +1,10 @@
 """The terminal chat (python -m xraygpt.chat_cli) in a pseudo-terminal (pexpect) on the tiny model:
-image, summary, follow-up, reset, bad input, quit; its answers are ChatSession's, token for token."""
+image, summary, follow-up, reset, bad input, quit, a study (`/study`: views given and guessed, prior,
+indication, bad study lines); its answers are ChatSession's, token for token."""
 
 import io
 import os
+import shutil
 import sys
 
 import pexpect
@@ -12,7 +14,8 @@ from PIL import Image
 from conftest import REPO, tiny_config, write_yaml
 from xraygpt import chat_cli
 from xraygpt.chat import ChatSession
-from xraygpt.chat_cli import ANSWER_PREFIX, USER_PROMPT, TerminalChat
+from xraygpt.chat_cli import ANSWER_PREFIX, USER_PROMPT, STUDY_IMAGES, StudyCommandError, TerminalChat, parse_study
+from xraygpt.data.study_prompts import DEFAULT_STUDY_PROMPT_PATH, load_questions
 from xraygpt.training.checkpoint import atomic_save
 from xraygpt.ui.settings import DemoSettings
 
@@ -159,3 +162,146 @@ def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(chat_yaml, images
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+# --- /study -------------------------------------------------------------------------------------
+
+STUDY_QUESTION = load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary")[0]  # what the demo asks of a study
+QUIET = DemoSettings(max_new_tokens=MAX_NEW_TOKENS, device="cpu", auto_summary=False)
+
+
+@pytest.fixture(scope="module")
+def study_images(tiny_assets, tmp_path_factory):
+    """Three images: a frontal, a lateral (in a folder whose name has a space) and a prior."""
+    folder = tmp_path_factory.mktemp("study") / "two words"
+    folder.mkdir()
+    frontal, lateral, prior = sorted((tiny_assets["val"] / "image").iterdir())[2:5]
+    shutil.copy(lateral, folder / "lateral.png")
+    return frontal, folder / "lateral.png", prior
+
+
+def expected_study_answers(model, frontal, lateral, prior, indication, questions):
+    """What ChatSession answers (greedy) to `questions` about the study (frontal PA, lateral, prior)."""
+    session = ChatSession(model)
+    session.set_study([Image.open(frontal), Image.open(lateral)], ["PA", "LATERAL"], indication, Image.open(prior))
+    return [list(session.stream_reply(q, SETTINGS.generation()))[-1] for q in questions]
+
+
+def test_study_in_a_pseudo_terminal(tiny_model, images, chat_yaml, study_images):
+    """/study with two images (views given and guessed, a quoted path with a space), a prior and an
+    indication: the summary and a follow-up equal ChatSession.set_study's; a bad /study keeps the study
+    and its conversation (the next follow-up still equals the direct session's third answer); /image
+    leaves study mode (its summary is the single-image one)."""
+    frontal, lateral, prior = study_images
+    indication = "patient's cough and fever"
+    want = expected_study_answers(tiny_model, frontal, lateral, prior, indication,
+                                  [STUDY_QUESTION, FOLLOW_UP, "and the heart?"])
+    (want_image,) = expected_answers(tiny_model, images[0], [DemoSettings().summary_instruction])
+
+    child = spawn("--cfg-path", str(chat_yaml))
+    try:
+        child.expect_exact("no image yet: /image PATH")
+        child.sendline(f"/study '{lateral}':lateral {frontal}:pa --prior {prior} --indication {indication}")
+        child.expect_exact(f"study: Frontal (PA) '{frontal}', Lateral '{lateral}', prior frontal '{prior}'; "
+                           f"indication: {indication}; a new conversation")
+        assert read_answer(child) == want[0]  # the study's summary, asked with the demo's question
+        child.sendline(FOLLOW_UP)
+        assert read_answer(child) == want[1]  # the follow-up is about the study
+        child.sendline(f"/study {frontal}:lateal")
+        child.expect(r"error: unknown view 'lateal'[^\r\n]*\r\n")
+        child.expect_exact(USER_PROMPT)
+        child.sendline("and the heart?")
+        assert read_answer(child) == want[2]  # the study and its two turns were kept
+        child.sendline(f"/image {images[0]}")
+        child.expect_exact(f"image: '{images[0]}' (112x112 PNG); a new conversation")
+        assert read_answer(child) == want_image  # out of study mode
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+
+
+def test_study_views_given_and_guessed(tiny_model, study_images, tmp_path):
+    """Views given by name (any case, aliases), guessed when omitted (first frontal, second lateral), put
+    in reading order; a path holding ':' is not split unless a known view follows its last ':'."""
+    frontal, lateral, prior = study_images
+    odd = tmp_path / "scan:2024.png"  # a ':' in the file name, no view
+    shutil.copy(frontal, odd)
+    session = ChatSession(tiny_model)
+    out = io.StringIO()
+    chat = TerminalChat(session, QUIET, out)
+
+    chat.handle(f"/study {frontal} '{lateral}'")  # both guessed
+    assert session.study == (["FRONTAL", "LATERAL"], "", []) and session.image_count == 2
+    chat.handle(f"/study '{lateral}':LAT {frontal}:ap")  # given: reading order puts the frontal first
+    assert session.study == (["AP", "LATERAL"], "", []) and session.image_count == 2
+    chat.handle(f"/study {odd} {odd}:ll {frontal}:unknown --prior {prior}")
+    assert session.study == (["FRONTAL", "LL", "unknown"], "", ["FRONTAL"]) and session.image_count == 4
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        f"study: Frontal '{frontal}', Lateral '{lateral}'; no indication; a new conversation",
+        f"study: Frontal (AP) '{frontal}', Lateral '{lateral}'; no indication; a new conversation",
+        f"study: Frontal '{odd}', Lateral (LL) '{odd}', Unknown view '{frontal}', prior frontal '{prior}'; "
+        "no indication; a new conversation",
+    ]
+    # the view after the last ':' only: a quoted Windows-ish path keeps its colons
+    assert parse_study(r"'C:\x\scan:2.png:PA'").images == [(r"C:\x\scan:2.png", "PA")]
+    assert parse_study(r"'C:\x\scan.png'").images == [(r"C:\x\scan.png", None)]
+    assert parse_study("a.png --indication  \"cough,  fever\"").indication == "cough, fever"
+
+
+def test_study_takes_what_the_demo_takes():
+    app = pytest.importorskip("xraygpt.ui.app")  # gradio: the demo extra
+    assert STUDY_IMAGES == app.STUDY_SLOTS
+
+
+@pytest.mark.parametrize("line, says", [
+    ("/study", "/study needs at least one image"),
+    ("/study --indication cough", "/study needs at least one image"),
+    ("/study {missing}", "cannot read '{missing}'"),
+    ("/study {frontal} {notes}", "'{notes}' is not a PNG or JPEG image"),
+    ("/study {frontal}:lateal", "unknown view 'lateal' for '{frontal}'; accepted: PA, AP, FRONTAL, LATERAL, LL"),
+    ("/study {frontal} --prior", "--prior needs a path"),
+    ("/study {frontal} --prior --indication cough", "--prior needs a path"),
+    ("/study {frontal} --prior {missing}", "cannot read '{missing}'"),
+    ("/study {frontal} {frontal} {frontal} {frontal}", f"a study takes at most {STUDY_IMAGES} images"),
+    ("/study {frontal} --indication cough <ImageHere> fever", "The indication contains '<ImageHere>'"),
+    ("/study {frontal} --indication cough ### fever", "The indication contains '###'"),
+    ("/study {frontal} --views PA", "unknown option --views"),
+    ("/study '{frontal}", "No closing quotation"),
+])
+@pytest.mark.parametrize("before", ["image", "study"])
+def test_bad_study_is_one_error_line_and_keeps_the_conversation(tiny_model, study_images, tmp_path, line, says,
+                                                               before):
+    frontal, lateral, prior = study_images
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    names = {"frontal": frontal, "missing": tmp_path / "missing.png", "notes": tmp_path / "notes.txt"}
+    session = ChatSession(tiny_model)
+    if before == "image":
+        session.set_image(Image.open(prior))
+    else:
+        session.set_study([Image.open(frontal), Image.open(lateral)], ["PA", "LATERAL"], "Cough.", Image.open(prior))
+    session.turns = [("an earlier question", "an earlier answer")]
+    tokens, study, turns = session.image_tokens, session.study, list(session.turns)
+    out = io.StringIO()
+    chat = TerminalChat(session, SETTINGS, out)  # auto_summary: nothing may be asked either
+    assert chat.handle(line.format(**names)) is True
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says.format(**names) in lines[0], lines
+    assert session.image_tokens is tokens and session.study == study and session.turns == turns
+
+
+def test_help_lists_study_and_reset_leaves_study_mode(tiny_model, study_images):
+    frontal, lateral, prior = study_images
+    session = ChatSession(tiny_model)
+    out = io.StringIO()
+    chat = TerminalChat(session, QUIET, out)
+    chat.handle("/help")
+    assert "/study PATH[:VIEW] [PATH[:VIEW] ...] [--prior PATH] [--indication TEXT]" in out.getvalue()
+    chat.handle(f"/study {frontal} --indication cough")
+    assert session.study == (["FRONTAL"], "cough", [])
+    chat.handle("/reset")
+    assert session.study is None and session.image_count == 0
+    with pytest.raises(StudyCommandError, match="at least one image"):
+        parse_study("   ")

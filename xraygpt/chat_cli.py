@@ -8,17 +8,34 @@ min_image_side) and the same conversation code (`xraygpt.chat.ChatSession`).  Im
 
 Type a question for a follow-up, or a command:
     /image PATH   read a new image (and summarise it when demo.auto_summary is true)
-    /reset        forget the image and the conversation
+    /study PATH[:VIEW] [PATH[:VIEW] ...] [--prior PATH] [--indication TEXT]
+                  read a study (`ChatSession.set_study`, as the demo's study upload): up to
+                  STUDY_IMAGES images, each with its view (any name `studies.canonical_view` reads:
+                  PA, AP, FRONTAL, LATERAL, LAT, LL, AP AXIAL, ..., or unknown; omitted: the first
+                  frontal, the second lateral), the prior study's frontal image and the indication
+                  (the rest of the line, as written).  Paths are split as a shell does (`shlex`:
+                  quote a path with spaces; on Windows backslashes are kept); only a known view
+                  name after a path's last ':' is read as its view.  It prints the images in
+                  reading order (frontal first) and, with auto_summary, summarises the study (the
+                  demo's question: the first of prompts/study_summary.txt in English)
+    /reset        forget the image (or study) and the conversation
     /help         the commands
     /quit         leave (so do Ctrl-D and Ctrl-C at the prompt; Ctrl-C during an answer stops it)
 A bad image, an empty or too long question, or a question before any image is answered with one
-line `error: ...` and the chat goes on (a bad `/image` keeps the current image).
+line `error: ...` and the chat goes on (a bad `/image` keeps the current image).  So is a bad
+`/study` (no path, a missing or undecodable file, an unknown view, `--prior` without a path, more
+than STUDY_IMAGES images, an indication holding a symbol the prompt template reserves): the current
+image or study and its conversation are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -35,7 +52,89 @@ from xraygpt.ui.settings import DemoSettings, demo_settings  # noqa: E402
 
 USER_PROMPT = "you> "
 ANSWER_PREFIX = "xraygpt> "
-COMMANDS = "/image PATH, /reset, /help, /quit (or Ctrl-D)"
+COMMANDS = ("/image PATH, /study PATH[:VIEW] [PATH[:VIEW] ...] [--prior PATH] [--indication TEXT], /reset, /help, "
+            "/quit (or Ctrl-D)")
+STUDY_IMAGES = 3  # images of a study the terminal takes besides the prior: the demo's STUDY_SLOTS (ui/app.py)
+
+
+class StudyCommandError(ValueError):
+    """A `/study` line that cannot be read, explained in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCommand:
+    """What a `/study` line asks for: image paths with their views as given (None: to be guessed),
+    the prior's path (None: no prior) and the indication ("" without one)."""
+
+    images: list[tuple[str, str | None]]
+    prior: str | None = None
+    indication: str = ""
+
+
+def accepted_views() -> str:
+    """The view names `/study` reads, for messages (case does not matter)."""
+    from xraygpt.data.studies import MIMIC_VIEW_POSITIONS, UNKNOWN_VIEW, VIEW_ORDER
+
+    others = sorted(MIMIC_VIEW_POSITIONS - set(VIEW_ORDER))
+    return ", ".join([*VIEW_ORDER, "LAT", "LEFT LATERAL", *others, UNKNOWN_VIEW])
+
+
+def split_view(token: str) -> tuple[str, str | None]:
+    """(path, view) of a `PATH[:VIEW]` token: the text after the last ':' is a view only when it is a
+    name `canonical_view` knows (or `unknown`) and the whole token is not an existing file
+    (`C:\\x.png`, `a:b.png` stay paths).  A suffix that is no view after an existing file's path is
+    refused (a misspelt view)."""
+    from xraygpt.data.studies import UNKNOWN_VIEW, canonical_view
+
+    head, sep, tail = token.rpartition(":")
+    if not sep or not head or Path(token).expanduser().exists():
+        return token, None
+    view = canonical_view(tail)
+    if view != UNKNOWN_VIEW or tail.strip().lower() == UNKNOWN_VIEW:  # `unknown` may be said, as in the demo
+        return head, view
+    if tail and Path(head).expanduser().is_file():
+        raise StudyCommandError(f"unknown view {tail!r} for '{head}'; accepted: {accepted_views()} "
+                                "(quote names with spaces)")
+    return token, None
+
+
+def parse_study(text: str) -> StudyCommand:
+    """The `StudyCommand` of the text after `/study` (module docstring); StudyCommandError when it
+    is not one.  Tokens are split as a POSIX shell does (`shlex`; on Windows a backslash is kept as
+    written, not an escape); `--indication` takes the rest of the
+    line as written (quotes around all of it dropped), so an apostrophe needs no quoting there."""
+    lexer = shlex.shlex(io.StringIO(text), posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    if os.name == "nt":
+        lexer.escape = ""  # a backslash separates Windows paths; quote a path with spaces instead
+    images: list[tuple[str, str | None]] = []
+    prior, indication = None, ""
+    try:
+        while (token := lexer.get_token()) is not None:
+            if token == "--indication":
+                indication = lexer.instream.read().strip()
+                if len(indication) > 1 and indication[0] == indication[-1] and indication[0] in "'\"":
+                    indication = indication[1:-1]
+                break
+            if token == "--prior":
+                prior = lexer.get_token()
+                if prior is None or prior.startswith("--") or not prior.strip():
+                    raise StudyCommandError("--prior needs a path: --prior PATH")
+            elif token.startswith("--"):
+                raise StudyCommandError(f"unknown option {token}; /study takes --prior PATH and --indication TEXT")
+            else:
+                images.append(split_view(token))
+    except StudyCommandError:
+        raise
+    except ValueError as exc:  # shlex: an unclosed quote
+        raise StudyCommandError(f"/study: {exc} (close the quote around the path)") from None
+    if not images:
+        raise StudyCommandError("/study needs at least one image: /study PATH[:VIEW] [PATH[:VIEW] ...] "
+                                "[--prior PATH] [--indication TEXT]")
+    if len(images) > STUDY_IMAGES:
+        raise StudyCommandError(f"a study takes at most {STUDY_IMAGES} images (besides --prior), got {len(images)}")
+    return StudyCommand(images, prior, " ".join(indication.split()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,17 +168,22 @@ class TerminalChat:
     def error(self, message: str) -> None:
         self.say(f"error: {' '.join(str(message).split())}")  # one line
 
-    def load_image(self, path: str) -> None:
-        """Read `path` into the session (a new conversation) and, with auto_summary, summarise it."""
+    def read_xray(self, path: str):
+        """The `XrayImage` (image + header) of `path` with the demo's size limits; ImageReadError (a
+        ValueError) in one line naming the file as given."""
         from xraygpt.data.images import load_xray
 
+        return load_xray(Path(path).expanduser(), self.settings.max_image_pixels, self.settings.min_image_side,
+                         name=f"'{path}'")
+
+    def load_image(self, path: str) -> None:
+        """Read `path` into the session (a new conversation) and, with auto_summary, summarise it."""
         path = path.strip().strip("'\"")
         if not path:
             self.error("/image needs a file: /image PATH")
             return
-        file = Path(path).expanduser()
         try:
-            xray = load_xray(file, self.settings.max_image_pixels, self.settings.min_image_side, name=f"'{path}'")
+            xray = self.read_xray(path)
         except ValueError as exc:  # ImageReadError: one line naming the file
             self.error(exc)
             return
@@ -89,6 +193,43 @@ class TerminalChat:
         self.say(f"image: '{path}' ({header.width}x{header.height} {header.format}{view}); a new conversation")
         if self.settings.auto_summary:
             self.answer(self.settings.summary_instruction)
+
+    def study_question(self) -> str:
+        """The question a study's summary asks, in the settings' language, as the demo asks it: English,
+        the first of prompts/study_summary.txt; another language, its single-image summary question."""
+        from xraygpt.data.study_prompts import DEFAULT_STUDY_PROMPT_PATH, load_questions
+        from xraygpt.languages import DEFAULT_LANGUAGE
+        from xraygpt.prompting import summary_instruction
+
+        if self.settings.language == DEFAULT_LANGUAGE:
+            return load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary")[0]
+        return summary_instruction(self.settings.prompt_path, self.settings.language)
+
+    def load_study(self, text: str) -> None:
+        """Read the study of a `/study` line into the session (a new conversation) and, with
+        auto_summary, summarise it; any bad input is one error line and the session is unchanged."""
+        from xraygpt.data.studies import view_rank
+        from xraygpt.data.study_prompts import guess_views, view_tag
+
+        try:
+            command = parse_study(text)
+            question = self.study_question() if self.settings.auto_summary else ""
+            images = [self.read_xray(path).image for path, _ in command.images]
+            prior = self.read_xray(command.prior).image if command.prior is not None else None
+            guessed = guess_views(len(images))
+            views = [view or guessed[k] for k, (_, view) in enumerate(command.images)]
+            self.session.set_study(images, views, command.indication, prior)
+        except ValueError as exc:  # StudyCommandError, ImageReadError, ChatInputError, PromptFileError
+            self.error(exc)
+            return
+        order = sorted(range(len(views)), key=lambda k: (view_rank(views[k]), k))  # as set_study orders them
+        shown = [f"{view_tag(views[k])} '{command.images[k][0]}'" for k in order]
+        if prior is not None:
+            shown.append(f"prior frontal '{command.prior}'")
+        indication = f"indication: {command.indication}" if command.indication else "no indication"
+        self.say(f"study: {', '.join(shown)}; {indication}; a new conversation")
+        if self.settings.auto_summary:
+            self.answer(question)
 
     def answer(self, question: str) -> None:
         """Stream the answer to `question`; ChatInputError becomes one error line; Ctrl-C stops the answer."""
@@ -126,11 +267,13 @@ class TerminalChat:
             return False
         if command == "/reset":
             self.session.reset()
-            self.say("reset: no image, no conversation; /image PATH to start again")
+            self.say("reset: no image, no conversation; /image PATH or /study PATH ... to start again")
         elif command == "/image":
             self.load_image(rest)
+        elif command == "/study":
+            self.load_study(rest)
         elif command == "/help":
-            self.say(f"commands: {COMMANDS}; anything else is a question about the current image")
+            self.say(f"commands: {COMMANDS}; anything else is a question about the current image or study")
         elif line.startswith("/"):
             self.error(f"unknown command {command}; commands: {COMMANDS}")
         else:
