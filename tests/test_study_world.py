@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,17 @@ def test_derangement_and_verdict():
     assert verdict(below) == ["no_prior change accuracy 0.260 < 0.40"]
     below["shuffled_prior"]["change"]["accuracy"] = 0.3  # the floor is for the no-prior mode only
     assert verdict(below) == ["no_prior change accuracy 0.260 < 0.40"]
+
+
+def test_stage0_shifts_the_filler_over_exactly_the_words_the_slots_hold(world):
+    """tiny_study_stage0.yaml's `slot_words` (the shared filler offset's words) are the words this
+    world writes in its slots, frontal and lateral alike: no finding left out of the offset, none extra."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "train_configs" / "tiny_study_stage0.yaml")
+    written = set()
+    for split in ("train", "val", "test"):
+        for slot in json.loads((world / split / study_world.SLOTS_FILE).read_text()).values():
+            written |= {w for text in slot.values() for w in text.split(" ")}
+    assert cfg.model.slot_filler_shift > 0 and cfg.model.slot_filler_noise > 0
+    assert set(cfg.model.slot_words) == written - {"o"} == set(SLOT_WORDS.values()) | set(LATERAL_SLOT_WORDS.values())

@@ -8,6 +8,7 @@ the shuffled ablation moves every question to another image; the bars are applie
 
 import collections
 import json
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,15 @@ def test_the_bars_are_applied_per_language(tmp_path):
     assert "with the image 0.88 < 0.9" in lines[4] and "shuffled images 0.61 > 0.6" in lines[4]
     assert lines[5].endswith("NOT every bar met")
     assert vqa_proof.proof_lines(files[:1]).endswith("every bar met")
+
+
+def test_stage0_shifts_the_filler_over_exactly_the_sided_words_the_slots_hold(world):
+    """tiny_vqa_stage0.yaml's `slot_words` (the shared filler offset's words) are the words of the
+    sided slots stage 0 reads: every lung finding with each side, and cardiomegaly."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "train_configs" / "tiny_vqa_stage0.yaml")
+    sided = json.loads((world["release"] / vqa_world.SIDED_SLOTS_FILE).read_text())
+    written = {w for text in sided.values() for w in text.split(" ")} - {"o"}
+    assert cfg.model.slot_filler_shift > 0 and cfg.model.slot_filler_noise > 0
+    assert set(cfg.model.slot_words) == written
