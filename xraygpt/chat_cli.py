@@ -17,7 +17,8 @@ Type a question for a follow-up, or a command:
                   quote a path with spaces; on Windows backslashes are kept); only a known view
                   name after a path's last ':' is read as its view.  It prints the images in
                   reading order (frontal first) and, with auto_summary, summarises the study (the
-                  demo's question: the first of prompts/study_summary.txt, prompts/zh/'s in Chinese)
+                  demo's question: the first of prompts/study_summary.txt, in Chinese of
+                  prompts/zh/study_summary.txt)
     /reset        forget the image (or study) and the conversation
     /help         the commands
     /quit         leave (so do Ctrl-D and Ctrl-C at the prompt; Ctrl-C during an answer stops it)
