@@ -251,6 +251,20 @@ def test_study_views_given_and_guessed(tiny_model, study_images, tmp_path):
     assert parse_study("a.png --indication  \"cough,  fever\"").indication == "cough, fever"
 
 
+def test_study_in_chinese_asks_the_chinese_study_question(tiny_model, study_images):
+    """With language zh, /study summarises with the demo's Chinese study question, the first of
+    prompts/zh/study_summary.txt (not the single-image one), and answers as ChatSession does."""
+    frontal, lateral, prior = study_images
+    zh_question = load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary", "zh")[0]
+    (want,) = expected_study_answers(tiny_model, frontal, lateral, prior, "cough", [zh_question])
+    session = ChatSession(tiny_model)
+    out = io.StringIO()
+    chat = TerminalChat(session, DemoSettings(max_new_tokens=MAX_NEW_TOKENS, device="cpu", language="zh"), out)
+    assert chat.study_question() == zh_question != STUDY_QUESTION
+    chat.handle(f"/study {frontal}:pa '{lateral}':lateral --prior {prior} --indication cough")
+    assert session.turns == [(zh_question, want)] and out.getvalue().splitlines()[-1] == ANSWER_PREFIX + want
+
+
 def test_study_takes_what_the_demo_takes():
     app = pytest.importorskip("xraygpt.ui.app")  # gradio: the demo extra
     assert STUDY_IMAGES == app.STUDY_SLOTS

@@ -4,6 +4,7 @@ prior image; answers equal batch generation of the same study; the demo's /study
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -12,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from conftest import REPO  # noqa: E402
 from xraygpt.chat import ChatInputError, ChatSession  # noqa: E402
 from xraygpt.data.collate import GenerationCollator  # noqa: E402
 from xraygpt.data.study_prompts import study_instruction  # noqa: E402
@@ -112,6 +114,29 @@ def test_demo_reads_a_study(model, files, tiny_assets):
                             api_name="/study")
         job.result()
         assert "No image is loaded now" in texts(job.outputs()[-1][0])[-1]
+
+
+def test_demo_asks_a_study_in_the_answer_language(model, tmp_path):
+    """A study's summary question per answer language: the first of prompts/study_summary.txt, of
+    prompts/zh/study_summary.txt in Chinese; a language without study prompts (fr here, which has
+    single-image prompts only) asks its single-image summary question."""
+    app = pytest.importorskip("xraygpt.ui.app")  # gradio: the demo extra
+    from xraygpt.ui.settings import DemoSettings
+
+    prompts = tmp_path / "prompts"
+    (prompts / "fr").mkdir(parents=True)
+    shutil.copytree(REPO / "prompts" / "zh", prompts / "zh")
+    (prompts / "fr" / "alignment.txt").write_text("<Img><ImageHere></Img> Décrivez cette radiographie.\n",
+                                                  encoding="utf-8")
+    handlers = app.Handlers(model, DemoSettings(prompt_path=str(prompts / "alignment.txt"), languages=("en", "zh", "fr")))
+
+    def first(file):
+        return next(line for line in file.read_text(encoding="utf-8").splitlines() if line and line[0] != "#")
+
+    assert handlers.study_instructions == {"en": first(REPO / "prompts" / "study_summary.txt"),
+                                           "zh": first(REPO / "prompts" / "zh" / "study_summary.txt"),
+                                           "fr": "Décrivez cette radiographie."}
+    assert handlers.study_instructions["zh"] != handlers.summary_instructions["zh"]  # not the single-image one
 
 
 def test_server_reads_a_study_sent_in_one_message(model, files):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import math
+import random
 
 import pytest
 import torch
@@ -20,10 +21,13 @@ from xraygpt.data.datasets import MixedDataset
 from xraygpt.data.formats import DatasetError
 from xraygpt.data.prepare.rewrite import COMPARISON
 from xraygpt.data.study_dataset import build_mimic_studies, build_openi_studies
-from xraygpt.data.study_prompts import guess_views, sections_text, split_sections, study_instruction, view_tag
+from xraygpt.data.study_prompts import (TARGETS, guess_views, sections_text, split_sections, study_instruction,
+                                        view_tag)
 from xraygpt.data.transforms import CaptionProcessor, MedCLIPImageEval
+from xraygpt.languages import written_in
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.models.multimodal import ImageTokenCountError, splice_image_embeddings
+from xraygpt.prompting import PromptFileError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,6 +101,7 @@ def test_study_prompt_layout():
     assert text == ("Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Prior frontal (AP): "
                     "<Img><ImageHere></Img> Indication: cough. Prior report: Findings: clear. Describe it.")
     assert study_instruction(["unknown"], "Q?") == "Unknown view: <Img><ImageHere></Img> Q?"
+    assert study_instruction(["PA"], "请描述。", "咳嗽。") == "Frontal (PA): <Img><ImageHere></Img> Indication: 咳嗽。 请描述。"
     assert view_tag("AP AXIAL") == "View (AP AXIAL)" and view_tag("LL", prior=True) == "Prior lateral (LL)"
     assert guess_views(3) == ["FRONTAL", "LATERAL", "unknown"] and guess_views(1) == ["FRONTAL"]
     assert split_sections(sections_text("A b.", "C.")) == ("A b.", "C.")
@@ -125,6 +130,45 @@ def test_study_samples_views_prior_and_targets(study_folder):
     assert summary[1]["caption"] == "Mild cardiomegaly. The lungs are clear. No acute process."
     prior_report = studies(study_folder, prior_report=True)
     assert "Prior report: Findings: Heart size is normal. New small left pleural effusion." in prior_report[1]["instruction"]
+
+
+def question_lines(file) -> list[str]:
+    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_chinese_study_questions(study_folder, target):
+    """A study source with `language: zh` asks the questions of prompts/zh/study_{target}.txt (Chinese, not
+    the English file's); the view tags, the indication and the target (sections' labels too) are English,
+    the same as an English source's."""
+    want = question_lines(REPO / "prompts" / "zh" / f"study_{target}.txt")
+    english = question_lines(REPO / "prompts" / f"study_{target}.txt")
+    assert len(want) >= 3 and all(written_in(q, "zh") and not written_in(q, "en") for q in want)
+    zh, en = studies(study_folder, target=target, language="zh"), studies(study_folder, target=target)
+    assert zh.instructions == want and en.instructions == english and not set(want) & set(english)
+    # study s1 (PA + lateral, an indication): the tags and the indication as in English, then a Chinese question
+    head = "Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Indication: Cough and fever. "
+    asked = {zh.get(0, random.Random(seed))["instruction"] for seed in range(40)}
+    assert asked == {head + q for q in want}  # every question of the file is drawn, and nothing else
+    assert en[0]["instruction"] in {head + q for q in english} and zh[0]["caption"] == en[0]["caption"]
+
+
+def test_a_study_source_in_a_language_without_study_prompts_is_refused_in_one_line(study_folder, tmp_path):
+    with pytest.raises(PromptFileError) as err:
+        studies(study_folder, language="fr")
+    message = str(err.value)
+    assert message.startswith("datasets.openi_studies: no study prompts for language 'fr' (target 'summary'): ")
+    assert "prompts/fr/study_summary.txt does not exist" in message and "\n" not in message
+    # a language folder holding some targets' files only: the missing target's file is named
+    (tmp_path / "zh").mkdir()
+    (tmp_path / "zh" / "study_summary.txt").write_text("请描述这组胸片。\n", encoding="utf-8")
+    prompt_path = str(tmp_path / "study_{target}.txt")
+    assert studies(study_folder, language="zh", prompt_path=prompt_path).instructions == ["请描述这组胸片。"]
+    with pytest.raises(PromptFileError) as err:
+        studies(study_folder, language="zh", prompt_path=prompt_path, target="findings")
+    assert str(err.value).startswith("datasets.openi_studies: no study prompts for language 'zh' (target 'findings'): "
+                                     f"{tmp_path / 'zh' / 'study_findings.txt'} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -17,7 +17,8 @@ Type a question for a follow-up, or a command:
                   quote a path with spaces; on Windows backslashes are kept); only a known view
                   name after a path's last ':' is read as its view.  It prints the images in
                   reading order (frontal first) and, with auto_summary, summarises the study (the
-                  demo's question: the first of prompts/study_summary.txt in English)
+                  demo's question: the first of prompts/study_summary.txt, in Chinese of
+                  prompts/zh/study_summary.txt)
     /reset        forget the image (or study) and the conversation
     /help         the commands
     /quit         leave (so do Ctrl-D and Ctrl-C at the prompt; Ctrl-C during an answer stops it)
@@ -195,15 +196,12 @@ class TerminalChat:
             self.answer(self.settings.summary_instruction)
 
     def study_question(self) -> str:
-        """The question a study's summary asks, in the settings' language, as the demo asks it: English,
-        the first of prompts/study_summary.txt; another language, its single-image summary question."""
-        from xraygpt.data.study_prompts import DEFAULT_STUDY_PROMPT_PATH, load_questions
-        from xraygpt.languages import DEFAULT_LANGUAGE
-        from xraygpt.prompting import summary_instruction
+        """The question a study's summary asks, in the settings' language, as the demo asks it: the first
+        of that language's study_summary.txt (prompts/, prompts/zh/); a language without one, its
+        single-image summary question (`study_prompts.study_summary_question`)."""
+        from xraygpt.data.study_prompts import study_summary_question
 
-        if self.settings.language == DEFAULT_LANGUAGE:
-            return load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary")[0]
-        return summary_instruction(self.settings.prompt_path, self.settings.language)
+        return study_summary_question(self.settings.language, self.settings.prompt_path)
 
     def load_study(self, text: str) -> None:
         """Read the study of a `/study` line into the session (a new conversation) and, with

@@ -18,20 +18,32 @@ and `sections` (`Findings: ... Impression: ...`, `sections_text`; read back by `
 Each target has its question file, `prompts/study_{target}.txt` (one question a line, `#`
 comments; no `<ImageHere>`: the images are placed by `study_instruction`); another language's
 file sits in the language's folder as for the single-image instructions
-(`xraygpt.prompting.instruction_file`: `prompts/zh/study_summary.txt`), and a language without
-it is refused in one line naming the file.  The view tags and labels are English.
+(`xraygpt.prompting.instruction_file`: `prompts/zh/study_summary.txt`; Chinese is shipped for
+every target), and a language without it is refused in one line naming the file.  The view tags,
+the labels (`Indication:`, `Prior report:`) and the sections' `Findings:` / `Impression:` are
+English in every language (`Frontal (PA): <Img><ImageHere></Img> Indication: 咳嗽。 请描述...`):
+`study_instruction` is called by the dataset, the chat and the server, none of which passes a
+language, and evaluation reads the sections back by their English labels.  An indication or prior
+report ending in a Chinese full stop (`。！？`) gets no `.` added.
+
+`study_summary_question(language)` is what the demo and the terminal chat ask of a study: the
+first question of the language's `summary` file, or, for a language without one, its single-image
+summary question (`prompting.summary_instruction`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from xraygpt.data.studies import UNKNOWN_VIEW
 from xraygpt.languages import DEFAULT_LANGUAGE
-from xraygpt.prompting import IMAGE_TAG, PromptFileError, instruction_file, locate
+from xraygpt.prompting import IMAGE_TAG, PromptFileError, instruction_file, locate, summary_instruction
 from xraygpt.constants import IMAGE_PLACEHOLDER
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("summary", "findings", "impression", "sections")
 DEFAULT_STUDY_PROMPT_PATH = "prompts/study_{target}.txt"
@@ -102,7 +114,7 @@ def study_instruction(views: list[str], question: str, indication: str = "", pri
 
 def _sentence(text: str) -> str:
     text = " ".join(text.split())
-    return text if text[-1:] in ".!?" else f"{text}."
+    return text if text[-1:] in ".!?。！？" else f"{text}."
 
 
 def question_file(prompt_path: str | os.PathLike, target: str, language: str = DEFAULT_LANGUAGE) -> Path:
@@ -113,11 +125,12 @@ def question_file(prompt_path: str | os.PathLike, target: str, language: str = D
 
 def load_questions(prompt_path: str | os.PathLike, target: str, language: str = DEFAULT_LANGUAGE) -> list[str]:
     """The questions of `target`'s file (module docstring); a missing or empty file, or a line
-    holding `<ImageHere>`, raises StudyPromptError naming the file (and line)."""
+    holding `<ImageHere>`, raises PromptFileError naming the file (and line)."""
     file = question_file(prompt_path, target, language)
     if not file.is_file():
-        raise PromptFileError(f"no study questions for target {target!r} in language {language!r}: {file} does not "
-                              "exist (one question a line, without <ImageHere>)")
+        english = str(prompt_path).replace("{target}", target)
+        raise PromptFileError(f"no study prompts for language {language!r} (target {target!r}): {file} does not exist "
+                              f"(write one question per line there, without {IMAGE_PLACEHOLDER}, like {english})")
     questions = []
     for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
@@ -130,3 +143,16 @@ def load_questions(prompt_path: str | os.PathLike, target: str, language: str = 
     if not questions:
         raise PromptFileError(f"study question file {file} holds no question")
     return questions
+
+
+def study_summary_question(language: str, prompt_path: str | os.PathLike) -> str:
+    """The question the demo and the terminal chat ask for a study's summary in `language`: the first
+    of `language`'s `DEFAULT_STUDY_PROMPT_PATH` file (`prompts/zh/study_summary.txt`); a language
+    other than English without that file asks its single-image summary question (the first
+    instruction of `language`'s version of `prompt_path`, `prompting.summary_instruction`), logged."""
+    file = question_file(DEFAULT_STUDY_PROMPT_PATH, "summary", language)
+    if language != DEFAULT_LANGUAGE and not file.is_file():
+        logger.info("no study prompts for language %r (%s): a study is asked the single-image summary question",
+                    language, file)
+        return summary_instruction(prompt_path, language)
+    return load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary", language)[0]

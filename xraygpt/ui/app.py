@@ -36,9 +36,8 @@ from PIL import Image
 
 from xraygpt.chat import ChatInputError, ChatSession
 from xraygpt.data.studies import view_rank
-from xraygpt.data.study_prompts import DEFAULT_STUDY_PROMPT_PATH, VIEW_CHOICES, guess_views, load_questions, view_tag
+from xraygpt.data.study_prompts import VIEW_CHOICES, guess_views, study_summary_question, view_tag
 from xraygpt.data.transforms import to_grayscale
-from xraygpt.languages import DEFAULT_LANGUAGE
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.ui.settings import DemoSettings
 from xraygpt.ui.uploads import UploadError, read_xray
@@ -140,10 +139,9 @@ class Handlers:
         self.model = model
         self.settings = settings
         self.summary_instructions = settings.summary_instructions()  # a language without prompts stops here
-        # a study's summary question: the first of prompts/study_summary.txt in English; another language asks
-        # its single-image summary question (the images and indication are put before it either way)
-        self.study_instructions = {**self.summary_instructions,
-                                   DEFAULT_LANGUAGE: load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary")[0]}
+        # a study's summary question: the first of the language's study_summary.txt (prompts/, prompts/zh/); a
+        # language without one asks its single-image summary question (the images and indication come first)
+        self.study_instructions = {code: study_summary_question(code, settings.prompt_path) for code in settings.languages}
 
     def _user(self, state: UserState | None) -> UserState:
         if state is not None:
