@@ -6,7 +6,9 @@
 #      files; whichever runs first prepares it, the other reuses it);
 #   2. vqa-prepare: questions in English and Chinese (SLAKE layout) and a tiny LLM for them, in vqa/;
 #   3. train_configs/tiny_vqa_stage{0,1,2}.yaml;
-#   4. vqa-evaluate: the held-out questions (both sources' test images) with each question's own image,
+#   4. vqa-stage0-check: stage 0's LLM asked the held-out closed questions of vqa/mimic with the slot words
+#      instead of the image (text only; output/vqa/eval/stage0_reading.json): its own reading;
+#      vqa-evaluate: the held-out questions (both sources' test images) with each question's own image,
 #      with images shuffled across the questions, and with a blank image;
 # then one line per seed and language (vqa-summary): closed accuracy image / shuffled / blank, open
 # exact match, and the bars (closed >= 0.90 with the image and <= 0.60 shuffled, each language).
@@ -38,6 +40,8 @@ for s in "${seeds[@]}"; do
       "$py" "$repo/train.py" --cfg-path "train_configs/tiny_vqa_stage$stage.yaml" --options "run.seed=$s" \
           ${train_options[@]+"${train_options[@]}"}
     done
+    "$py" -m xraygpt.embedded vqa-stage0-check --stage0 output/vqa/stage0 --release vqa/mimic \
+        --out output/vqa/eval/stage0_reading.json --seed "$s"
     "$py" -m xraygpt.embedded vqa-evaluate --run output/vqa/stage2 --release vqa/mimic --release vqa/openi \
         --out output/vqa/eval --seed "$s" ${eval_args[@]+"${eval_args[@]}"}
   )

@@ -72,3 +72,11 @@ def test_vqa_proof_script_runs_end_to_end(prepared, repo, tmp_path):
     assert len({r["image"] for r in rows["image"]}) < len(rows["image"])  # though images hold several questions
     assert {r["image_source"] for r in rows["blank"]} == {"blank"}
     assert (seed_dir / "vqa" / "llm_tiny" / "tokenizer.model").is_file()
+
+    # stage 0's own reading: every closed held-out question of vqa/mimic, asked with its slot words
+    reading = json.loads((eval_dir / "stage0_reading.json").read_text())
+    closed = [e for e in json.loads((seed_dir / "vqa" / "mimic" / "test.json").read_text()) if e["answer_type"] == "CLOSED"]
+    assert reading["closed"]["count"] == len(closed) > 0
+    assert sum(v["count"] for langs in reading["by_kind"].values() for v in langs.values()) == len(closed)
+    assert set(reading["by_kind"]) == {f"{e['kind']}/{e['finding']}" for e in closed}
+    assert all(0.0 <= v["accuracy"] <= 1.0 for langs in reading["by_kind"].values() for v in langs.values())

@@ -30,6 +30,10 @@ row holds the question's own image (`image`: release/stem, e.g. `openi/test_0000
 shown (`image_source`).  `proof_lines`
 gives one line per run and language with the bars: closed accuracy >= CLOSED_BAR with the
 image and <= SHUFFLED_BAR with shuffled images, in each language.
+
+`stage0_reading(stage0_run, release, out_file)` asks the stage-0 LLM the held-out closed questions
+with the image's sided slot words in the slot (text only): its own reading, so a miss after stage 2
+can be placed in the LLM or in the projection.
 """
 
 from __future__ import annotations
@@ -186,6 +190,53 @@ def evaluate_vqa(run_dir: Path, releases: list[Path], out_dir: Path, seed: int =
     return results
 
 
+def stage0_reading(stage0_run: Path, release: Path, out_file: Path, split: str = "test", seed: int = 0,
+                   batch_size: int = 64, max_new_tokens: int = 8) -> dict:
+    """Ask the stage-0 LLM of `stage0_run` (its config.yaml and exported hf_model) the closed `split`
+    questions of `release` with the image's sided slot words in the slot instead of an image (text
+    only, greedy): `<Img>o o reffusion ...</Img> question` -> answer, as stage 0 trained.  This tells a
+    miss of the stage-0 LLM's reading from one of the projection (stages 1-2).  Writes and returns
+    {"closed": {count, accuracy}, "by_kind": {"kind/finding": {language: {count, accuracy}}}}."""
+    import torch
+
+    from xraygpt import builders
+    from xraygpt.config import load_config
+    from xraygpt.models.generation import GenerationSettings
+
+    cfg = load_config(stage0_run / "config.yaml", [f"model.llm.path={stage0_run / 'hf_model'}"])
+    model = builders.build_model(cfg.model, seed)
+    model.eval()
+    tokenizer = model.prompt_tokenizer
+    slots = json.loads((release / vqa_world.SIDED_SLOTS_FILE).read_text())
+    entries = [e for e in json.loads((release / vqa_world.RELEASE_FILES[split]).read_text())
+               if str(e["answer_type"]).upper() == "CLOSED"]
+    pad = tokenizer.tokenizer.pad_token_id
+    pad = tokenizer.tokenizer.eos_token_id if pad is None else pad
+    correct: dict[tuple[str, str], list[bool]] = {}
+    for start in range(0, len(entries), batch_size):
+        batch = entries[start:start + batch_size]
+        prompts = [tokenizer.encode_dialogue([(f"<Img>{slots[Path(e['img_name']).stem]}</Img> {e['question']}", None)])[0]
+                   for e in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        answers = model.generate(ids, mask, GenerationSettings(max_new_tokens=max_new_tokens))
+        for e, answer in zip(batch, answers):
+            key = (f"{e.get('kind', '?')}/{e.get('finding', '?')}", e["q_lang"])
+            correct.setdefault(key, []).append(answer.strip() == str(e["answer"]).strip())
+    by_kind: dict[str, dict] = {}
+    for (kind, language), hits in sorted(correct.items()):
+        by_kind.setdefault(kind, {})[language] = {"count": len(hits), "accuracy": sum(hits) / len(hits)}
+    every = [h for hits in correct.values() for h in hits]
+    result = {"closed": {"count": len(every), "accuracy": sum(every) / len(every) if every else None},
+              "by_kind": by_kind}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_file, json.dumps(result, indent=2, ensure_ascii=False))
+    logger.info("stage-0 LLM with the slot words (%s, %d closed questions): %s", release, len(every),
+                "; ".join(f"{k} {lang} {v['accuracy']:.3f}" for k, langs in by_kind.items() for lang, v in langs.items()))
+    return result
+
+
 _RELEASE_KINDS: dict[Path, dict[str, dict]] = {}
 
 
@@ -245,7 +296,7 @@ def proof_lines(metric_files: list[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-COMMANDS = ("vqa-prepare", "vqa-evaluate", "vqa-summary")
+COMMANDS = ("vqa-prepare", "vqa-evaluate", "vqa-stage0-check", "vqa-summary")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -262,6 +313,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-new-tokens", type=int, default=16)
+    c = sub.add_parser("vqa-stage0-check", help="the stage-0 LLM asked the held-out closed questions with the slot "
+                                                "words in the slot (text only): its reading, apart from the image")
+    c.add_argument("--stage0", type=Path, required=True, help="stage 0's output_dir (config.yaml, hf_model)")
+    c.add_argument("--release", type=Path, required=True, help="the release with slots_sided.json (vqa/mimic)")
+    c.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    c.add_argument("--seed", type=int, default=0)
     m = sub.add_parser("vqa-summary", help="one line per vqa_metrics.json and language, with the bars")
     m.add_argument("metric_files", nargs="+", type=Path)
 
@@ -272,6 +329,8 @@ def run_command(args: argparse.Namespace) -> int:
         prepare_vqa(args.out, args.prepared, args.seed, args.prompt_path, args.force)
     elif args.command == "vqa-evaluate":
         evaluate_vqa(args.run, args.release, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    elif args.command == "vqa-stage0-check":
+        stage0_reading(args.stage0, args.release, args.out, seed=args.seed)
     else:
         sys.stdout.write(proof_lines(args.metric_files) + "\n")
     return 0
