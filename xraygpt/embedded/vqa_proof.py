@@ -197,33 +197,29 @@ def stage0_reading(stage0_run: Path, release: Path, out_file: Path, split: str =
     only, greedy): `<Img>o o reffusion ...</Img> question` -> answer, as stage 0 trained.  This tells a
     miss of the stage-0 LLM's reading from one of the projection (stages 1-2).  Writes and returns
     {"closed": {count, accuracy}, "by_kind": {"kind/finding": {language: {count, accuracy}}}}."""
-    import torch
-
     from xraygpt import builders
     from xraygpt.config import load_config
+    from xraygpt.data.collate import ConversationPromptCollator
     from xraygpt.models.generation import GenerationSettings
 
     cfg = load_config(stage0_run / "config.yaml", [f"model.llm.path={stage0_run / 'hf_model'}"])
     model = builders.build_model(cfg.model, seed)
     model.eval()
-    tokenizer = model.prompt_tokenizer
+    collate = ConversationPromptCollator(model.prompt_tokenizer)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
     slots = json.loads((release / vqa_world.SIDED_SLOTS_FILE).read_text())
     entries = [e for e in json.loads((release / vqa_world.RELEASE_FILES[split]).read_text())
                if str(e["answer_type"]).upper() == "CLOSED"]
-    pad = tokenizer.tokenizer.pad_token_id
-    pad = tokenizer.tokenizer.eos_token_id if pad is None else pad
     correct: dict[tuple[str, str], list[bool]] = {}
     for start in range(0, len(entries), batch_size):
         batch = entries[start:start + batch_size]
-        prompts = [tokenizer.encode_dialogue([(f"<Img>{slots[Path(e['img_name']).stem]}</Img> {e['question']}", None)])[0]
-                   for e in batch]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        answers = model.generate(ids, mask, GenerationSettings(max_new_tokens=max_new_tokens))
-        for e, answer in zip(batch, answers):
+        prompts = collate([{"image_id": str(e["qid"]), "system": None,
+                            "turns": [(f"<Img>{slots[Path(e['img_name']).stem]}</Img> {e['question']}", str(e["answer"]))]}
+                           for e in batch])
+        answers = model.generate(prompts["input_ids"], prompts["attention_mask"], generation)
+        for e, answer, reference in zip(batch, answers, prompts["references"]):
             key = (f"{e.get('kind', '?')}/{e.get('finding', '?')}", e["q_lang"])
-            correct.setdefault(key, []).append(answer.strip() == str(e["answer"]).strip())
+            correct.setdefault(key, []).append(answer.strip() == reference.strip())
     by_kind: dict[str, dict] = {}
     for (kind, language), hits in sorted(correct.items()):
         by_kind.setdefault(kind, {})[language] = {"count": len(hits), "accuracy": sum(hits) / len(hits)}
