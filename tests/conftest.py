@@ -118,6 +118,12 @@ def run_until_checkpoint_then_kill(cfg_path: Path, checkpoint: Path, timeout: fl
     assert checkpoint.exists(), f"the run never wrote {checkpoint}"
 
 
+# A rank that dies by a signal (an intermittent SIGABRT of a 2-rank gloo launch under load has been seen
+# once) prints every thread's Python stack and the C++ frames of a torch error, so the failing test's
+# stderr says where it happened.
+DIAGNOSTIC_ENV = {"PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
+
+
 def run_torchrun(script: Path, port: int, *args: str, env: dict | None = None):
     """`python -m torch.distributed.run --nproc-per-node 2 script args...` on the CPU (one OpenMP
     thread per rank) from the repository root; asserts it exits 0 and returns the CompletedProcess."""
@@ -126,7 +132,7 @@ def run_torchrun(script: Path, port: int, *args: str, env: dict | None = None):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
          str(script), *args],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True,
+        cwd=REPO, env={**os.environ, **DIAGNOSTIC_ENV, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

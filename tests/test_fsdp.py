@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, run_torchrun, tiny_config, write_yaml
+from conftest import DIAGNOSTIC_ENV, REPO, run_torchrun, tiny_config, write_yaml
 from test_stage0 import stage0_config
 from xraygpt import builders
 from xraygpt.config import load_config
@@ -97,9 +97,9 @@ def test_stage1_with_a_sharded_frozen_llm_equals_one_process(tiny_assets, tmp_pa
                      tmp_path / "two.yaml")
     launched = subprocess.run(  # through the multi-node launcher, as one node of two ranks
         ["bash", str(REPO / "scripts" / "launch.sh"), "--cfg-path", str(two)], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RDZV_ENDPOINT": "127.0.0.1:29623",
+        env={**os.environ, **DIAGNOSTIC_ENV, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RDZV_ENDPOINT": "127.0.0.1:29623",
              "PYTHON": sys.executable}, timeout=300)
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.returncode == 0, launched.stderr[-6000:]
     model, runner = _runner(write_yaml(centred(tiny_config(tiny_assets, tmp_path / "one", batch_size_train=4, **common)),
                                        tmp_path / "one.yaml"))
     runner.train()
