@@ -62,7 +62,7 @@ def test_vqa_proof_script_runs_end_to_end(prepared, repo, tmp_path):
         assert metrics[mode]["num_scored"] == test_questions
         assert set(metrics[mode]["by_language"]) == {"en", "zh"}
         assert set(metrics[mode]["by_source"]) == {"vqa_mimic", "vqa_openi"}
-        assert {"presence", "size", "side", "where"} <= set(metrics[mode]["by_kind"])
+        assert {"presence", "size", "side", "where", "abnormality"} <= set(metrics[mode]["by_kind"])
         rows = [json.loads(x) for x in (eval_dir / f"predictions_{mode}.jsonl").read_text().splitlines()]
         assert len(rows) == test_questions and all(r["vqa"]["language"] in ("en", "zh") for r in rows)
     rows = {mode: [json.loads(x) for x in (eval_dir / f"predictions_{mode}.jsonl").read_text().splitlines()]

@@ -93,8 +93,32 @@ def test_every_question_is_asked_in_both_languages(world):
     for key, en in by_language["en"].items():
         zh = by_language["zh"][key]
         assert any(c >= "\u4e00" for c in zh.question) and en.question.isascii()
-        if en.kind != "where":
+        if en.kind not in ("where", "abnormality"):
             assert zh.answer in translate[en.answer], (en, zh)
+
+
+def test_abnormality_answers_name_each_drawn_finding_once_in_each_language(world):
+    """One open abnormality question per image and language; its answer names exactly the labelled
+    findings (in FINDINGS order, with each language's words), "none" / 无 for a normal image."""
+    zh_names = {v: k for k, v in vqa_world.FINDING_NAMES["zh"].items()}
+    en_names = {v: k for k, v in vqa_world.FINDING_NAMES["en"].items()}
+    kinds = collections.Counter()
+    for split, questions in world["questions"].items():
+        labels = _labels(world, split)
+        asked = collections.Counter((q.image_id, q.language) for q in questions if q.kind == "abnormality")
+        assert set(asked) == {(i, lang) for i in labels for lang in vqa_world.LANGUAGES} and set(asked.values()) == {1}
+        for q in questions:
+            if q.kind != "abnormality":
+                continue
+            assert q.answer_type == "open" and q.finding == vqa_world.ALL_FINDINGS
+            expected = [f for f in FINDINGS if f in labels[q.image_id]]
+            if q.language == "en":
+                named = [] if q.answer == "none" else [en_names[n] for n in q.answer.split(", ")]
+            else:
+                named = [] if q.answer == "无" else [zh_names[n] for n in q.answer.split("、")]
+            assert named == expected, q
+            kinds["normal" if not expected else "several" if len(expected) > 1 else "one"] += 1
+    assert set(kinds) == {"normal", "one", "several"}, kinds
 
 
 def test_the_release_loads_through_the_slake_reader_with_nothing_dropped(world, caplog):

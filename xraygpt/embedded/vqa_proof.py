@@ -51,7 +51,7 @@ from xraygpt.embedded import vqa_world
 logger = logging.getLogger(__name__)
 
 SOURCE_SEED_OFFSETS = {"mimic": 0, "openi": 1}  # as `pipeline.prepare` seeds generate_dataset per source
-VQA_VERSION = 3  # bump when what prepare_vqa writes changes
+VQA_VERSION = 4  # bump when what prepare_vqa writes changes
 COMPLETE_MARKER = "COMPLETE.json"
 MODES = ("image", "shuffled", "blank")
 CLOSED_BAR, SHUFFLED_BAR = 0.90, 0.60

@@ -11,7 +11,14 @@ only by looking at the image.  Per image of a split, in both languages (`LANGUAG
 - side, closed, when the finding is drawn: pleural effusion and pneumothorax (right / left,
   右侧 / 左侧), nodules (right / left / both lungs, 右肺 / 左肺 / 双肺);
 - nodule location, open, when nodules are drawn ("Where is the nodule?" -> "right upper zone",
-  two sites joined by "and": "right upper zone and left lower zone"; 右上肺野和左下肺野).
+  two sites joined by "and": "right upper zone and left lower zone"; 右上肺野和左下肺野);
+- abnormalities, open, on every image, as SLAKE asks "Which diseases are included in this image?"
+  ("What abnormalities are seen?" -> "pleural effusion, pneumothorax" in `FINDINGS` order, "none";
+  图中有哪些异常？ -> 胸腔积液、气胸, 无).  Besides being a question of its own, it is where stage 0
+  learns what each question word means in each language: the summaries teach the English finding
+  words from the slot words, but nothing else writes the Chinese ones, and a stage-0 LLM trained on
+  yes/no questions alone once took 胸腔积液 and 气胸 for one word (answering "is there a pneumothorax"
+  yes on every image with only an effusion, in Chinese only; README, VQA on the embedded default).
 
 Side words are the patient's (as in the summaries).  Sides and zones come from the drawn case:
 `image_cases` redraws each image's `anatomy.Case` from the seeds `dataset.generate_dataset`
@@ -80,10 +87,17 @@ SIDE_QUESTIONS = {
 SIDE_WORDS = {"en": {"right": "right", "left": "left"}, "zh": {"right": "右侧", "left": "左侧"}}
 LUNG_WORDS = {"en": {"right": "right", "left": "left", "both": "both"}, "zh": {"right": "右肺", "left": "左肺", "both": "双肺"}}
 WHERE = {"en": "Where is the nodule?", "zh": "结节在什么位置？"}
+ABNORMALITIES = {"en": "What abnormalities are seen?", "zh": "图中有哪些异常？"}
+FINDING_NAMES = {"en": {"cardiomegaly": "cardiomegaly", "pleural_effusion": "pleural effusion",
+                        "pneumothorax": "pneumothorax", "nodule": "nodule"},
+                 "zh": {"cardiomegaly": "心脏增大", "pleural_effusion": "胸腔积液", "pneumothorax": "气胸", "nodule": "结节"}}
+NAME_JOINERS, NO_ABNORMALITY = {"en": ", ", "zh": "、"}, {"en": "none", "zh": "无"}
+ALL_FINDINGS = "all"  # the `finding` of an abnormality question (it asks about every finding)
 ZONE_ORDER = ("upper", "mid", "lower")
 ZH_SIDE, ZH_ZONE = {"right": "右", "left": "左"}, {"upper": "上", "mid": "中", "lower": "下"}
 # question kind -> SLAKE's content_type for it
-CONTENT_TYPES = {"presence": "Abnormality", "size": "Size", "side": "Position", "where": "Position"}
+CONTENT_TYPES = {"presence": "Abnormality", "size": "Size", "side": "Position", "where": "Position",
+                 "abnormality": "Abnormality"}
 RELEASE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
 SIDED_SLOTS_FILE = "slots_sided.json"  # image_id -> `sided_slots` text, every split's
 
@@ -99,7 +113,8 @@ class CaseMismatch(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-    """One question about one image: kind is presence | size | side | where; finding one of FINDINGS."""
+    """One question about one image: kind is presence | size | side | where | abnormality; finding one
+    of FINDINGS (`ALL_FINDINGS` for an abnormality question)."""
 
     image_id: str
     kind: str
@@ -139,6 +154,13 @@ def where_answer(sites: list[tuple[str, str]], language: str) -> str:
     if language == "zh":
         return "和".join(f"{ZH_SIDE[side]}{ZH_ZONE[zone]}肺野" for side, zone in sites)
     return " and ".join(f"{side} {zone} zone" for side, zone in sites)
+
+
+def abnormality_answer(case: Case, language: str) -> str:
+    """The case's findings named in `FINDINGS` order ("pleural effusion, pneumothorax" / 胸腔积液、气胸),
+    `NO_ABNORMALITY` when it has none."""
+    names = [FINDING_NAMES[language][f] for f in FINDINGS if f in case.findings]
+    return NAME_JOINERS[language].join(names) if names else NO_ABNORMALITY[language]
 
 
 def nodule_lung(case: Case) -> str:
@@ -204,6 +226,9 @@ def split_questions(cases: dict[str, Case], seed: int) -> list[Question]:
                     questions.append(Question(image_id, "size", finding, language, text,
                                               enlarged if present else normal, "closed"))
     for image_id, case in sorted(cases.items()):
+        for language in LANGUAGES:
+            questions.append(Question(image_id, "abnormality", ALL_FINDINGS, language, ABNORMALITIES[language],
+                                      abnormality_answer(case, language), "open"))
         for finding, question in SIDE_QUESTIONS.items():
             if finding not in case.findings:
                 continue
