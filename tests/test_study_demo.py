@@ -145,7 +145,7 @@ def test_server_reads_a_study_sent_in_one_message(model, files):
 
     import openai
 
-    from test_serve import client, data_url, image_message, running_server
+    from test_serve import _wait_for, client, data_url, image_message, running_server
 
     images = [Image.open(f) for f in files[:4]]
     study = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(f.read_bytes())}}
@@ -165,7 +165,8 @@ def test_server_reads_a_study_sent_in_one_message(model, files):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:  # a batch mixing studies and single images
             answers = list(pool.map(ask, [study, single, study, single]))
         assert answers == [expected_study, expected_single] * 2
-        assert batcher.stats()["answered"] == 5 and batcher.stats()["largest_batch"] > 1  # batched together
+        _wait_for(lambda: batcher.stats()["answered"] == 5, "the worker to count the answers")  # counted after they are sent
+        assert batcher.stats()["largest_batch"] > 1  # batched together
         # views and indication given (extra fields, like language): shown in reading order with the indication
         answer = api.chat.completions.create(model="xraygpt", messages=[study], max_tokens=12, extra_body={
             "views": ["lateral", "PA"], "indication": "Cough."}).choices[0].message.content
