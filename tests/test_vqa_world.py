@@ -100,8 +100,7 @@ def test_every_question_is_asked_in_both_languages(world):
 def test_abnormality_answers_name_each_drawn_finding_once_in_each_language(world):
     """One open abnormality question per image and language; its answer names exactly the labelled
     findings (in FINDINGS order, with each language's words), "none" / 无 for a normal image."""
-    zh_names = {v: k for k, v in vqa_world.FINDING_NAMES["zh"].items()}
-    en_names = {v: k for k, v in vqa_world.FINDING_NAMES["en"].items()}
+    findings_named = {lang: {v: k for k, v in names.items()} for lang, names in vqa_world.FINDING_NAMES.items()}
     kinds = collections.Counter()
     for split, questions in world["questions"].items():
         labels = _labels(world, split)
@@ -112,10 +111,9 @@ def test_abnormality_answers_name_each_drawn_finding_once_in_each_language(world
                 continue
             assert q.answer_type == "open" and q.finding == vqa_world.ALL_FINDINGS
             expected = [f for f in FINDINGS if f in labels[q.image_id]]
-            if q.language == "en":
-                named = [] if q.answer == "none" else [en_names[n] for n in q.answer.split(", ")]
-            else:
-                named = [] if q.answer == "无" else [zh_names[n] for n in q.answer.split("、")]
+            lang = q.language
+            named = ([] if q.answer == vqa_world.NO_ABNORMALITY[lang] else
+                     [findings_named[lang][n] for n in q.answer.split(vqa_world.NAME_JOINERS[lang])])
             assert named == expected, q
             kinds["normal" if not expected else "several" if len(expected) > 1 else "one"] += 1
     assert set(kinds) == {"normal", "one", "several"}, kinds
