@@ -9,11 +9,13 @@
 #   3. train_configs/tiny_study_stage{0,1,2}.yaml;
 #   4. study-evaluate: the held-out "OpenI" studies with both views and the prior, with the frontal view only,
 #      without the prior, and with another subject's prior;
+#   5. study-stage0-check: stage 0's LLM asked the same studies with the slot words in the image slots (text
+#      only): what the LLM itself reads, apart from the images and the projection;
 # then one line per seed (study-summary): lateral-only F1 with both views / the frontal only, change accuracy
-# with the prior / without / shuffled, and the bars.
+# with the prior / without / shuffled, the stage-0 reading, and the bars.
 # Environment: PREPARED=DIR uses DIR as the prepared folder of every seed (prepare is not run);
 # STUDY_PREPARE_ARGS are more study-prepare arguments; STUDY_TRAIN_OPTIONS="KEY=VALUE ..." are --options for
-# every stage; STUDY_EVAL_ARGS are more study-evaluate arguments; STUDY_PROOF_ROOT replaces output/study_proof.
+# every stage; STUDY_EVAL_ARGS are more study-evaluate (and study-stage0-check) arguments; STUDY_PROOF_ROOT replaces output/study_proof.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
@@ -43,6 +45,8 @@ for s in "${seeds[@]}"; do
     done
     "$py" -m xraygpt.embedded study-evaluate --run output/study/stage2 --split study/openi/test \
         --out output/study/eval --seed "$s" ${eval_args[@]+"${eval_args[@]}"}
+    "$py" -m xraygpt.embedded study-stage0-check --stage0 output/study/stage0 --split study/openi/test \
+        --out output/study/eval/stage0_reading.json --seed "$s" ${eval_args[@]+"${eval_args[@]}"}
   )
   echo "seed $s: the study proof took $(( $(date +%s) - start )) s (prepare included)" >&2
   files+=("$dir/output/study/eval/study_metrics.json")

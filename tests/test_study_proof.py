@@ -3,7 +3,8 @@
 A small prepared folder (the session's tiny random encoder) stands in for `python -m xraygpt.embedded
 prepare` (PREPARED=...), the study world is small (STUDY_PREPARE_ARGS) and every stage trains two steps;
 the script must write the study world and its tiny LLM, train stages 0-2 from the shipped tiny_study
-configs, generate the held-out studies four ways and print one line with the bars; stage 0 shows the
+configs, generate the held-out studies four ways, ask stage 0's LLM the same studies with the slot words
+(`study-stage0-check`) and print one line with the bars and that reading; stage 0 shows the
 studies recorded without their prior (`study_world.NO_PRIOR_FRACTION`) without a prior slot, with their
 comparison-free text, and study_metrics.json carries the comparisons written and the current-state accuracy.  The bars themselves
 are measured by the full run (README, "Studies on the embedded default").
@@ -18,7 +19,7 @@ import sys
 import pytest
 
 from xraygpt.embedded import study_world
-from xraygpt.embedded.study_proof import DEFINITIONS, MODES
+from xraygpt.embedded.study_proof import DEFINITIONS, MODES, STAGE0_READING_FILE
 
 SEED = 4
 
@@ -80,3 +81,11 @@ def test_study_proof_script_runs_end_to_end(prepared, repo, tmp_path):
     assert all(r["image_source"].endswith("_prior_frontal") and r["image_source"] != f"{r['image_id']}_prior_frontal"
                for r in shuffled)
     assert len({r["image_source"] for r in shuffled}) == 5  # each prior shown once, to another study
+
+    reading = json.loads((eval_dir / STAGE0_READING_FILE).read_text())  # study-stage0-check, text only
+    assert set(reading) == {"image", "frontal_only", "no_prior", "definitions"}
+    for mode in ("image", "frontal_only", "no_prior"):
+        assert reading[mode]["studies"] == 5 and reading[mode]["change"]["pairs"] == 5 * 4
+        assert 0 <= reading[mode]["lateral"]["macro_f1"] <= 1
+    row = lines[1].split()
+    assert row[8] == f"{reading['image']['lateral']['macro_f1']:.3f}" and row[9] == f"{reading['image']['change']['accuracy']:.3f}"

@@ -286,3 +286,25 @@ def test_stage0_shifts_the_filler_over_exactly_the_words_the_slots_hold(world):
             written |= {w for text in slot.values() for w in text.split(" ")}
     assert cfg.model.slot_filler_shift > 0 and cfg.model.slot_filler_noise > 0
     assert set(cfg.model.slot_words) == written - {"o"} == set(SLOT_WORDS.values()) | set(LATERAL_SLOT_WORDS.values())
+
+
+def test_stage0_conversations_leave_out_the_lateral_or_the_prior_slot_when_asked(world):
+    """`study-stage0-check` asks the stage-0 LLM with the lateral or the prior slot left out: the other
+    slots keep their words and order, the question and the answer stay the study's."""
+    from xraygpt.embedded.study_proof import stage0_conversations
+
+    split = world / "test"
+    slots = json.loads((split / study_world.SLOTS_FILE).read_text())
+    questions = ["Describe the study."]
+    full = stage0_conversations(split, questions, SEED)
+    frontal = stage0_conversations(split, questions, SEED, lateral=False)
+    alone = stage0_conversations(split, questions, SEED, prior=False)
+    assert [c["id"] for c in full] == [c["id"] for c in frontal] == [c["id"] for c in alone] == [
+        f"{world.name}/{k}" for k in sorted(slots)]
+    for a, f, n in zip(full, frontal, alone):
+        s = slots[a["id"].split("/", 1)[1]]
+        cells = [re.findall(r"<Img>(.*?)</Img>", c["turns"][0]["content"]) for c in (a, f, n)]
+        assert cells == [[s["frontal"], s["lateral"], s["prior"]], [s["frontal"], s["prior"]], [s["frontal"], s["lateral"]]]
+        assert "Lateral" not in f["turns"][0]["content"] and "Prior" not in n["turns"][0]["content"]
+        assert all(c["turns"][0]["content"].endswith("Describe the study.") for c in (a, f, n))
+        assert a["turns"][1] == f["turns"][1] == n["turns"][1]

@@ -30,8 +30,13 @@ the drawn one and 0 otherwise, whether a prior was shown or not (an invented com
 stated); a finding stated present without a comparison ("There is a pleural effusion.") scores 1/2 when
 it is new or unchanged (a fair coin between the two changes the statement leaves open) and 0 otherwise.
 So a reader who knows the current study exactly and never compares scores `study_world.CHANCE` = 0.5 on
-balanced changes, as does one who writes "new" for every present finding.  `proof_lines` prints one line
-per run with the bars (`verdict`).
+balanced changes, as does one who writes "new" for every present finding.
+
+`stage0_reading(stage0_run, split, out_file)` asks stage 0's LLM the same studies with each image's slot
+words in its slot instead of the image (text only; modes `image`, `frontal_only`, `no_prior`) and
+scores them the same way: what the LLM itself reads, so that a loss after stages 1-2 can be put on the
+LLM or on the images and the projection.  `proof_lines` prints one line per run with the bars
+(`verdict`) and that reading when `STAGE0_READING_FILE` lies beside the run's study_metrics.json.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ STUDY_VERSION = 5  # bump when what prepare_study writes changes
 COMPLETE_MARKER = "COMPLETE.json"
 SOURCE_SEED_OFFSETS = {"mimic": 15, "openi": 16, "pool": 17}
 PROMPT_PATH = "prompts/study_compare_{target}.txt"
+STAGE0_READING_FILE = "stage0_reading.json"  # `study-stage0-check`'s output, read beside study_metrics.json
 MODES = ("image", "frontal_only", "no_prior", "shuffled_prior")
 # The bars (README, "Studies on the embedded default"): lateral-only macro F1 with both views >= LATERAL_BAR
 # and >= LATERAL_GAP above the frontal view only; change accuracy with the prior >= CHANGE_BAR, and without
@@ -82,9 +88,11 @@ DEFINITIONS = {
 SLOT_TEXT_REPEATS = (0, 1, 2, 4, 8)
 
 
-def stage0_conversations(split_dir: Path, questions: list[str], seed: int) -> list[dict]:
+def stage0_conversations(split_dir: Path, questions: list[str], seed: int, lateral: bool = True,
+                         prior: bool = True) -> list[dict]:
     """One conversation per current study of a study-world split: the study's instruction with each
-    image's slot words in its slot, and its text as the answer."""
+    image's slot words in its slot, and its text as the answer.  `lateral=False` leaves the lateral
+    slot out, `prior=False` the prior's (a study recorded without its prior never has one)."""
     from xraygpt.data.study_prompts import study_instruction
     from xraygpt.prompting import IMAGE_TAG
 
@@ -94,9 +102,10 @@ def stage0_conversations(split_dir: Path, questions: list[str], seed: int) -> li
     rng = random.Random(f"study-stage0:{seed}:{split_dir.name}")
     conversations = []
     for study_id in sorted(slots):
-        prior = records[study_id]["prior_study_id"] is not None  # else recorded without it: no prior slot
-        user = study_instruction(["PA", "LATERAL"], rng.choice(questions), "", ["PA"] if prior else [], "")
-        for role in ("frontal", "lateral", "prior")[:3 if prior else 2]:
+        shown = prior and records[study_id]["prior_study_id"] is not None  # else recorded without it: no prior slot
+        views = ["PA", "LATERAL"] if lateral else ["PA"]
+        user = study_instruction(views, rng.choice(questions), "", ["PA"] if shown else [], "")
+        for role in ("frontal",) + (("lateral",) if lateral else ()) + (("prior",) if shown else ()):
             user = user.replace(IMAGE_TAG, f"<Img>{slots[study_id][role]}</Img>", 1)
         conversations.append({"id": f"{split_dir.parent.name}/{study_id}",
                               "turns": [{"role": "user", "content": user},
@@ -267,6 +276,47 @@ def evaluate_study(run_dir: Path, split_dir: Path, out_dir: Path, seed: int = 0,
     return results
 
 
+def stage0_reading(stage0_run: Path, split_dir: Path, out_file: Path, seed: int = 0, batch_size: int = 50,
+                   max_new_tokens: int = 80) -> dict:
+    """Stage 0's LLM asked every current study of `split_dir` with the slot words in its image slots (text
+    only, greedy, the evaluation's question: the prompt file's first) in the MODES but the shuffled one:
+    how well the LLM itself reads the lateral findings and the changes, apart from the images and the
+    projection.  Scores each mode as `evaluate_study` does (`study_scores`) and writes them to `out_file`
+    (JSON; README, "Studies on the embedded default")."""
+    from xraygpt import builders
+    from xraygpt.config import load_config
+    from xraygpt.data.collate import ConversationPromptCollator
+    from xraygpt.data.study_prompts import load_questions
+    from xraygpt.models.generation import GenerationSettings
+
+    cfg = load_config(stage0_run / "config.yaml", [f"model.llm.path={stage0_run / 'hf_model'}"])
+    model = builders.build_model(cfg.model, seed)
+    model.eval()
+    collate = ConversationPromptCollator(model.prompt_tokenizer)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    labels = json.loads((split_dir / study_world.LABELS_FILE).read_text())
+    question = load_questions(PROMPT_PATH, "summary")[:1]
+    result = {}
+    for mode, lateral, prior in (("image", True, True), ("frontal_only", False, True), ("no_prior", True, False)):
+        conversations = stage0_conversations(split_dir, question, seed, lateral=lateral, prior=prior)
+        conversations = [c for c in conversations if c["id"].split("/", 1)[1] in labels]
+        predictions = []
+        for start in range(0, len(conversations), batch_size):
+            batch = conversations[start:start + batch_size]
+            prompts = collate([{"image_id": c["id"], "system": None,
+                                "turns": [(c["turns"][0]["content"], c["turns"][1]["content"])]} for c in batch])
+            predictions += model.generate(prompts["input_ids"], prompts["attention_mask"], generation)
+        result[mode] = study_scores(predictions, [labels[c["id"].split("/", 1)[1]] for c in conversations])
+    result["definitions"] = DEFINITIONS
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_file, json.dumps(result, indent=2))
+    logger.info("stage-0 LLM with the slot words (%s): lateral-only macro F1 %.3f (frontal only %.3f), change "
+                "accuracy %.3f (no prior %.3f)", split_dir, result["image"]["lateral"]["macro_f1"],
+                result["frontal_only"]["lateral"]["macro_f1"], result["image"]["change"]["accuracy"],
+                result["no_prior"]["change"]["accuracy"])
+    return result
+
+
 def verdict(result: dict) -> list[str]:
     """The bars one study_metrics.json misses (empty when it clears them all)."""
     both, frontal = result["image"]["lateral"]["macro_f1"], result["frontal_only"]["lateral"]["macro_f1"]
@@ -292,28 +342,34 @@ def proof_lines(metric_files: list[Path]) -> str:
     """One line per run (study_metrics.json): lateral-only macro F1 with both views / the frontal only,
     change accuracy with the prior / without / with a shuffled prior, and the bars missed."""
     lines = [f"{'run':<44}{'lat F1 both':>12}{'frontal':>9}{'change prior':>14}{'no prior':>10}{'shuffled':>10}"
-             f"{'no prior: compared':>20}{'current':>9}  bars"]
+             f"{'no prior: compared':>20}{'current':>9}{'stage 0: lat F1':>17}{'change':>8}  bars"]
     every = True
     for path in metric_files:
         r = json.loads(path.read_text())
+        reading = path.parent / STAGE0_READING_FILE
+        words = json.loads(reading.read_text()) if reading.is_file() else None
         missed = verdict(r)
         every = every and not missed
         lines.append(f"{str(path.parent):<44}{r['image']['lateral']['macro_f1']:>12.3f}"
                      f"{r['frontal_only']['lateral']['macro_f1']:>9.3f}{r['image']['change']['accuracy']:>14.3f}"
                      f"{r['no_prior']['change']['accuracy']:>10.3f}{r['shuffled_prior']['change']['accuracy']:>10.3f}"
                      f"{r['no_prior']['change'].get('comparisons', float('nan')):>20}"
-                     f"{r['no_prior'].get('current', {}).get('accuracy', float('nan')):>9.3f}  "
+                     f"{r['no_prior'].get('current', {}).get('accuracy', float('nan')):>9.3f}"
+                     f"{words['image']['lateral']['macro_f1'] if words else float('nan'):>17.3f}"
+                     f"{words['image']['change']['accuracy'] if words else float('nan'):>8.3f}  "
                      f"{'; '.join(missed) if missed else 'all met'}")
     lines.append(f"bars: lateral F1 >= {LATERAL_BAR} and >= {LATERAL_GAP} above frontal-only; change accuracy >= "
                  f"{CHANGE_BAR} with the prior, <= {study_world.CHANCE + CHANCE_MARGIN:.2f} without it and shuffled, "
                  f">= {study_world.CHANCE - CHANCE_MARGIN:.2f} without it (chance {study_world.CHANCE}): "
                  f"{'every bar met' if every else 'NOT every bar met'}; without the prior, 'compared': (finding, "
-                 f"study) pairs stated with a change word (not a bar, expected 0), 'current': current-state accuracy")
+                 f"study) pairs stated with a change word (not a bar, expected 0), 'current': current-state accuracy; "
+                 f"'stage 0': the stage-0 LLM given the slot words instead of the images ({STAGE0_READING_FILE}, "
+                 f"not a bar; nan when absent)")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- command line
-COMMANDS = ("study-prepare", "study-evaluate", "study-summary")
+COMMANDS = ("study-prepare", "study-evaluate", "study-stage0-check", "study-summary")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -335,6 +391,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--max-new-tokens", type=int, default=80)
+    c = sub.add_parser("study-stage0-check", help="the stage-0 LLM asked the held-out studies with the slot words "
+                                                  "in the image slots (text only): its reading, apart from the images")
+    c.add_argument("--stage0", type=Path, required=True, help="stage 0's output_dir (config.yaml, hf_model)")
+    c.add_argument("--split", type=Path, required=True, help="a study-world split folder (study_slots.json)")
+    c.add_argument("--out", type=Path, required=True, help=f"the JSON file to write (the proof: {STAGE0_READING_FILE} "
+                                                             "beside study_metrics.json)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-new-tokens", type=int, default=80)
     m = sub.add_parser("study-summary", help="one line per study_metrics.json, with the bars")
     m.add_argument("metric_files", nargs="+", type=Path)
 
@@ -346,6 +410,8 @@ def run_command(args: argparse.Namespace) -> int:
                       args.no_prior_fraction)
     elif args.command == "study-evaluate":
         evaluate_study(args.run, args.split, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    elif args.command == "study-stage0-check":
+        stage0_reading(args.stage0, args.split, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
     else:
         sys.stdout.write(proof_lines(args.metric_files) + "\n")
     return 0
