@@ -180,10 +180,12 @@ def study_images(tiny_assets, tmp_path_factory):
     return frontal, folder / "lateral.png", prior
 
 
-def expected_study_answers(model, frontal, lateral, prior, indication, questions):
-    """What ChatSession answers (greedy) to `questions` about the study (frontal PA, lateral, prior)."""
+def expected_study_answers(model, frontal, lateral, prior, indication, questions, language="en"):
+    """What ChatSession answers (greedy) to `questions` about the study (frontal PA, lateral, prior), its
+    tags in `language`."""
     session = ChatSession(model)
-    session.set_study([Image.open(frontal), Image.open(lateral)], ["PA", "LATERAL"], indication, Image.open(prior))
+    session.set_study([Image.open(frontal), Image.open(lateral)], ["PA", "LATERAL"], indication, Image.open(prior),
+                      language=language)
     return [list(session.stream_reply(q, SETTINGS.generation()))[-1] for q in questions]
 
 
@@ -233,11 +235,11 @@ def test_study_views_given_and_guessed(tiny_model, study_images, tmp_path):
     chat = TerminalChat(session, QUIET, out)
 
     chat.handle(f"/study {frontal} '{lateral}'")  # both guessed
-    assert session.study == (["FRONTAL", "LATERAL"], "", []) and session.image_count == 2
+    assert session.study == (["FRONTAL", "LATERAL"], "", [], "en") and session.image_count == 2
     chat.handle(f"/study '{lateral}':LAT {frontal}:ap")  # given: reading order puts the frontal first
-    assert session.study == (["AP", "LATERAL"], "", []) and session.image_count == 2
+    assert session.study == (["AP", "LATERAL"], "", [], "en") and session.image_count == 2
     chat.handle(f"/study {odd} {odd}:ll {frontal}:unknown --prior {prior}")
-    assert session.study == (["FRONTAL", "LL", "unknown"], "", ["FRONTAL"]) and session.image_count == 4
+    assert session.study == (["FRONTAL", "LL", "unknown"], "", ["FRONTAL"], "en") and session.image_count == 4
     lines = out.getvalue().splitlines()
     assert lines == [
         f"study: Frontal '{frontal}', Lateral '{lateral}'; no indication; a new conversation",
@@ -253,16 +255,18 @@ def test_study_views_given_and_guessed(tiny_model, study_images, tmp_path):
 
 def test_study_in_chinese_asks_the_chinese_study_question(tiny_model, study_images):
     """With language zh, /study summarises with the demo's Chinese study question, the first of
-    prompts/zh/study_summary.txt (not the single-image one), and answers as ChatSession does."""
+    prompts/zh/study_summary.txt (not the single-image one), after Chinese view tags, and answers as
+    ChatSession does."""
     frontal, lateral, prior = study_images
     zh_question = load_questions(DEFAULT_STUDY_PROMPT_PATH, "summary", "zh")[0]
-    (want,) = expected_study_answers(tiny_model, frontal, lateral, prior, "cough", [zh_question])
+    (want,) = expected_study_answers(tiny_model, frontal, lateral, prior, "cough", [zh_question], language="zh")
     session = ChatSession(tiny_model)
     out = io.StringIO()
     chat = TerminalChat(session, DemoSettings(max_new_tokens=MAX_NEW_TOKENS, device="cpu", language="zh"), out)
     assert chat.study_question() == zh_question != STUDY_QUESTION
     chat.handle(f"/study {frontal}:pa '{lateral}':lateral --prior {prior} --indication cough")
     assert session.turns == [(zh_question, want)] and out.getvalue().splitlines()[-1] == ANSWER_PREFIX + want
+    assert session.study[3] == "zh"
 
 
 def test_study_takes_what_the_demo_takes():
@@ -314,7 +318,7 @@ def test_help_lists_study_and_reset_leaves_study_mode(tiny_model, study_images):
     chat.handle("/help")
     assert "/study PATH[:VIEW] [PATH[:VIEW] ...] [--prior PATH] [--indication TEXT]" in out.getvalue()
     chat.handle(f"/study {frontal} --indication cough")
-    assert session.study == (["FRONTAL"], "cough", [])
+    assert session.study == (["FRONTAL"], "cough", [], "en")
     chat.handle("/reset")
     assert session.study is None and session.image_count == 0
     with pytest.raises(StudyCommandError, match="at least one image"):

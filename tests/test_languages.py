@@ -396,3 +396,37 @@ def test_the_server_answers_a_chinese_request_over_http(tiny_model, xray):
         refused = http.post("/v1/chat/completions", content=_body(str(xray), language="xx"))
     assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["role"] == "assistant"
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "language"
+
+
+def test_a_study_is_tagged_in_the_language_of_the_request_or_of_its_question(tiny_model, xray):
+    """The server writes a study's view tags and labels in the request's `language`, else in the language
+    its question is written in; the chat in the session's language (study_prompts.study_instruction)."""
+    from PIL import Image
+
+    from xraygpt.chat import ChatSession
+    from xraygpt.constants import IMAGE_TOKEN_ID
+    from xraygpt.serving.app import ChatService
+    from xraygpt.serving.settings import ServeSettings
+
+    service = ChatService(tiny_model, ServeSettings(prompt_path=str(PROMPTS), allow_local_files=True), batcher=None)
+
+    def study_prompt(text: str | None, **extra) -> str:
+        parts = [{"type": "image_url", "image_url": {"url": str(xray)}}] * 2 + (
+            [{"type": "text", "text": text}] if text else [])
+        body = json.dumps({"model": "xraygpt", "messages": [{"role": "user", "content": parts}], **extra}).encode()
+        ids = service.prepare(body)[1].prompt_ids
+        text = tiny_model.tokenizer.decode([i for i in ids if i != IMAGE_TOKEN_ID], skip_special_tokens=True)
+        return text.replace("<Img> </Img>", "<Img></Img>")  # the image's place decodes to a space
+
+    chinese = study_prompt("心脏大吗？", indication="咳嗽")
+    assert "正位：<Img></Img> 侧位：<Img></Img> 临床指征：咳嗽。 心脏大吗？" in chinese, chinese
+    assert "正位：<Img></Img> 侧位：<Img></Img> 临床指征：cough。 Describe it." in study_prompt(
+        "Describe it.", language="zh", indication="cough")
+    english = study_prompt("Describe it.", indication="cough")
+    assert "Frontal: <Img></Img> Lateral: <Img></Img> Indication: cough. Describe it." in english, english
+    image = Image.open(xray)
+    chat = ChatSession(tiny_model)
+    chat.set_study([image, image], ["PA", "lateral"], "咳嗽", prior=image, language="zh")
+    asked = tiny_model.tokenizer.decode([t for t in chat.prompt_ids("心脏大吗？", 12) if t >= 0],
+                                        skip_special_tokens=True).replace("<Img> </Img>", "<Img></Img>")
+    assert "正位（后前位）：<Img></Img> 侧位：<Img></Img> 既往正位：<Img></Img> 临床指征：咳嗽。 心脏大吗？" in asked, asked

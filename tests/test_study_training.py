@@ -108,6 +108,27 @@ def test_study_prompt_layout():
     assert split_sections("Impression: none") == ("", "none") and split_sections("free text") == ("", "")
 
 
+
+def test_chinese_study_prompt_tags_labels_and_sections():
+    """In Chinese the view tags, the labels and the sections' labels are Chinese; any other language
+    without labels of its own gets the English ones; either language's sections read back."""
+    text = study_instruction(["PA", "LATERAL"], "请描述。", "咳嗽", ["AP"], "影像所见：无异常。", language="zh")
+    assert text == ("正位（后前位）：<Img><ImageHere></Img> 侧位：<Img><ImageHere></Img> 既往正位（前后位）："
+                    "<Img><ImageHere></Img> 临床指征：咳嗽。 既往报告：影像所见：无异常。 请描述。")
+    assert study_instruction(["PA"], "Q?", "cough", language="zh-hans").startswith("正位（后前位）：")
+    assert study_instruction(["PA"], "Q?", "cough", language="fr") == study_instruction(["PA"], "Q?", "cough")
+    assert view_tag("AP AXIAL", language="zh") == "体位（AP AXIAL）" and view_tag("unknown", language="zh") == "未知体位"
+    assert view_tag("LL", prior=True, language="zh") == "既往侧位（左侧位）"
+    with pytest.raises(ValueError, match="language must be a language code"):
+        view_tag("PA", language="../x")
+    both = sections_text("双肺清晰。", "未见异常。", "zh")
+    assert both == "影像所见：双肺清晰。 诊断意见：未见异常。" and split_sections(both) == ("双肺清晰。", "未见异常。")
+    assert sections_text("", "未见异常。", "zh") == "诊断意见：未见异常。"
+    assert split_sections("检查所见：心影增大。 印象：心脏增大。") == ("心影增大。", "心脏增大。")
+    assert split_sections("影像表现: 少量积液 影像诊断：胸腔积液") == ("少量积液", "胸腔积液")
+    assert split_sections("印象深刻的病例") == ("", "")  # a header only with its colon
+
+
 def test_study_samples_views_prior_and_targets(study_folder):
     ds = studies(study_folder, target="findings", keep_comparisons=True)
     by_id = {ds[k]["image_id"]: ds[k] for k in range(len(ds))}
@@ -140,18 +161,24 @@ def question_lines(file) -> list[str]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_chinese_study_questions(study_folder, target):
     """A study source with `language: zh` asks the questions of prompts/zh/study_{target}.txt (Chinese, not
-    the English file's); the view tags, the indication and the target (sections' labels too) are English,
-    the same as an English source's."""
+    the English file's), after Chinese view tags and labels; the target is the source's text, with the
+    sections' labels in Chinese."""
     want = question_lines(REPO / "prompts" / "zh" / f"study_{target}.txt")
     english = question_lines(REPO / "prompts" / f"study_{target}.txt")
     assert len(want) >= 3 and all(written_in(q, "zh") and not written_in(q, "en") for q in want)
     zh, en = studies(study_folder, target=target, language="zh"), studies(study_folder, target=target)
     assert zh.instructions == want and en.instructions == english and not set(want) & set(english)
-    # study s1 (PA + lateral, an indication): the tags and the indication as in English, then a Chinese question
-    head = "Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Indication: Cough and fever. "
+    # study s1 (PA + lateral, an indication): Chinese tags and label, the indication as written, a Chinese question
+    head = "正位（后前位）：<Img><ImageHere></Img> 侧位：<Img><ImageHere></Img> 临床指征：Cough and fever. "
     asked = {zh.get(0, random.Random(seed))["instruction"] for seed in range(40)}
     assert asked == {head + q for q in want}  # every question of the file is drawn, and nothing else
-    assert en[0]["instruction"] in {head + q for q in english} and zh[0]["caption"] == en[0]["caption"]
+    english_head = "Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Indication: Cough and fever. "
+    assert en[0]["instruction"] in {english_head + q for q in english}
+    caption = en[0]["caption"]
+    if target == "sections":
+        assert caption.startswith("Findings: ") and " Impression: " in caption
+        caption = caption.replace("Findings: ", "影像所见：").replace("Impression: ", "诊断意见：")
+    assert zh[0]["caption"] == caption
 
 
 def test_a_study_source_in_a_language_without_study_prompts_is_refused_in_one_line(study_folder, tmp_path):

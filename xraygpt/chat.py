@@ -37,6 +37,7 @@ from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.data.studies import canonical_view, view_rank
 from xraygpt.data.study_prompts import guess_views, study_instruction
 from xraygpt.data.transforms import MedCLIPImageEval
+from xraygpt.languages import DEFAULT_LANGUAGE
 from xraygpt.models.generation import GenerationSettings
 from xraygpt.prompting import with_image
 
@@ -93,7 +94,7 @@ class ChatSession:
         self.image_tokens: torch.Tensor | None = None
         self.turns: list[tuple[str, str]] = []
         self.dropped_turns = 0
-        self.study: tuple[list[str], str, list[str]] | None = None  # (views, indication, prior views) of a study
+        self.study: tuple[list[str], str, list[str], str] | None = None  # (views, indication, prior views, language)
 
     def reset(self) -> None:
         """Forget the image and the conversation."""
@@ -114,13 +115,14 @@ class ChatSession:
 
     @torch.no_grad()
     def set_study(self, images: list[Image.Image], views: list[str] | None = None, indication: str = "",
-                  prior: Image.Image | None = None) -> list[str]:
+                  prior: Image.Image | None = None, language: str = DEFAULT_LANGUAGE) -> list[str]:
         """Start a conversation about a study: `images` with their `views` (any name
         `studies.canonical_view` reads; None or a missing one guessed: first frontal, second lateral),
         put in reading order (frontal first), the optional `prior` image (taken as the prior's frontal
-        view) and `indication`.  All are encoded once to `image_tokens` (k, N, Dl).  Returns the views
-        in the order shown.  Raises ChatInputError for no image or an indication holding a reserved
-        symbol."""
+        view) and `indication`; the view tags and labels in `language` (`study_prompts.study_instruction`,
+        as the model's study data wrote them).  All are encoded once to `image_tokens` (k, N, Dl).
+        Returns the views in the order shown.  Raises ChatInputError for no image or an indication
+        holding a reserved symbol."""
         if not images:
             raise ChatInputError("Please give at least one image of the study.")
         indication = " ".join((indication or "").split())
@@ -131,7 +133,7 @@ class ChatSession:
         order = sorted(range(len(images)), key=lambda k: (view_rank(views[k]), k))
         shown = [images[k] for k in order] + ([prior] if prior is not None else [])
         self.image_tokens = self.model.encode_images(torch.stack([self.process(image) for image in shown]))
-        self.study = ([views[k] for k in order], indication, ["FRONTAL"] if prior is not None else [])
+        self.study = ([views[k] for k in order], indication, ["FRONTAL"] if prior is not None else [], language)
         self.turns = []
         self.dropped_turns = 0
         return self.study[0]
@@ -147,8 +149,9 @@ class ChatSession:
         if self.study is None:
             dialogue[0] = (with_image(first_question), first_answer)
         else:
-            views, indication, prior_views = self.study
-            dialogue[0] = (study_instruction(views, first_question, indication, prior_views), first_answer)
+            views, indication, prior_views, language = self.study
+            dialogue[0] = (study_instruction(views, first_question, indication, prior_views, language=language),
+                           first_answer)
         return self.prompt_tokenizer.encode_dialogue(dialogue, truncate_answers=False,
                                                      max_images=max(1, self.image_count))[0]
 

@@ -216,7 +216,7 @@ class TerminalChat:
             prior = self.read_xray(command.prior).image if command.prior is not None else None
             guessed = guess_views(len(images))
             views = [view or guessed[k] for k, (_, view) in enumerate(command.images)]
-            self.session.set_study(images, views, command.indication, prior)
+            self.session.set_study(images, views, command.indication, prior, language=self.settings.language)
         except ValueError as exc:  # StudyCommandError, ImageReadError, ChatInputError, PromptFileError
             self.error(exc)
             return

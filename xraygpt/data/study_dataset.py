@@ -71,8 +71,9 @@ REXRANK = registry.register("dataset_format", "rexrank")(DatasetFormat("rexrank"
 STUDY_FORMATS = (STUDIES.name, REXRANK.name)
 
 
-def study_target(record: StudyRecord, target: str, comparisons: bool) -> str:
-    """The target text of `record` (module docstring); `comparisons`: the sections as written."""
+def study_target(record: StudyRecord, target: str, comparisons: bool, language: str = DEFAULT_LANGUAGE) -> str:
+    """The target text of `record` (module docstring); `comparisons`: the sections as written; `language`:
+    of the `sections` labels (`study_prompts.sections_text`)."""
     if target == "summary":
         return record.summary
     if comparisons:
@@ -81,7 +82,7 @@ def study_target(record: StudyRecord, target: str, comparisons: bool) -> str:
         findings = rule_summary(record.findings, "") if record.findings else ""
         impression = rule_summary("", record.impression) if record.impression else ""
     return {"findings": findings, "impression": impression}.get(target) or (
-        sections_text(findings, impression) if target == "sections" else "")
+        sections_text(findings, impression, language) if target == "sections" else "")
 
 
 class StudyDataset(torch.utils.data.Dataset):
@@ -159,7 +160,7 @@ class StudyDataset(torch.utils.data.Dataset):
     def _target(self, record: StudyRecord, prior_shown: bool) -> str:
         key = (record.study_id, prior_shown and self.keep_comparisons)
         if key not in self._targets:
-            self._targets[key] = study_target(record, self.target, key[1])
+            self._targets[key] = study_target(record, self.target, key[1], self.language)
         return self._targets[key]
 
     def _count(self, record: StudyRecord) -> None:
@@ -208,12 +209,13 @@ class StudyDataset(torch.utils.data.Dataset):
                                self.name, study_id, self.target)
                 continue
             question = instruction if instruction is not None else rng.choice(self.instructions)
-            prior_text = sections_text(prior.findings, prior.impression) if prior is not None and self.prior_report else ""
+            prior_text = (sections_text(prior.findings, prior.impression, self.language)
+                          if prior is not None and self.prior_report else "")
             return {
                 "image_id": study_id,
                 "pixel_values": torch.stack(tensors),
                 "instruction": study_instruction([i.view for i in shown], question, record.indication,
-                                                 [i.view for i in prior_shown], prior_text),
+                                                 [i.view for i in prior_shown], prior_text, self.language),
                 "caption": self.text_processor(target),
                 "source": self.name,
                 "views": [i.view for i in shown] + [f"prior {i.view}" for i in prior_shown],

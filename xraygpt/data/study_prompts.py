@@ -20,11 +20,20 @@ comments; no `<ImageHere>`: the images are placed by `study_instruction`); anoth
 file sits in the language's folder as for the single-image instructions
 (`xraygpt.prompting.instruction_file`: `prompts/zh/study_summary.txt`; Chinese is shipped for
 every target), and a language without it is refused in one line naming the file.  The view tags,
-the labels (`Indication:`, `Prior report:`) and the sections' `Findings:` / `Impression:` are
-English in every language (`Frontal (PA): <Img><ImageHere></Img> Indication: 咳嗽。 请描述...`):
-`study_instruction` is called by the dataset, the chat and the server, none of which passes a
-language, and evaluation reads the sections back by their English labels.  An indication or prior
-report ending in a Chinese full stop (`。！？`) gets no `.` added.
+the labels and the sections' labels are written in the prompt's language (`language`, passed by
+the dataset (its source's `language`), the chat and the demo (the session's), the server (the
+request's `language`, else the language of its question) and the study proof (English)):
+
+    en  Frontal (PA) / Frontal (AP) / Frontal / Lateral / Lateral (LL) / Unknown view / View (X);
+        Prior frontal (PA); Indication: ; Prior report: ; Findings: ; Impression:
+    zh  正位（后前位） / 正位（前后位） / 正位 / 侧位 / 侧位（左侧位） / 未知体位 / 体位（X）;
+        既往正位（后前位）; 临床指征： ; 既往报告： ; 影像所见： ; 诊断意见：
+
+(`正位（后前位）：<Img><ImageHere></Img> 临床指征：咳嗽。 请描述...`).  Any other language gets the
+English ones (`LABELS` has them per language; add one there).  `split_sections` reads either
+language's section labels back (and the Chinese headers 检查所见 / 影像表现 for findings, 印象 /
+影像诊断 for impression), so evaluation scores the sections of a Chinese answer too.  An indication
+or prior report that ends without a full stop (`.!?。！？`) gets the language's (`.`, `。`).
 
 `study_summary_question(language)` is what the demo and the terminal chat ask of a study: the
 first question of the language's `summary` file, or, for a language without one, its single-image
@@ -39,7 +48,7 @@ import re
 from pathlib import Path
 
 from xraygpt.data.studies import UNKNOWN_VIEW
-from xraygpt.languages import DEFAULT_LANGUAGE
+from xraygpt.languages import DEFAULT_LANGUAGE, check_language
 from xraygpt.prompting import IMAGE_TAG, PromptFileError, instruction_file, locate, summary_instruction
 from xraygpt.constants import IMAGE_PLACEHOLDER
 
@@ -48,12 +57,25 @@ logger = logging.getLogger(__name__)
 TARGETS = ("summary", "findings", "impression", "sections")
 DEFAULT_STUDY_PROMPT_PATH = "prompts/study_{target}.txt"
 
-_TAGS = {"PA": "Frontal (PA)", "AP": "Frontal (AP)", "FRONTAL": "Frontal", "LATERAL": "Lateral", "LL": "Lateral (LL)",
-         UNKNOWN_VIEW: "Unknown view"}
+# Per language (module docstring): each view's tag, the tag of another view, how the prior's tags begin, the
+# labels (with their separator) of the indication, the prior report and the two sections.
+LABELS = {
+    "en": {"tags": {"PA": "Frontal (PA)", "AP": "Frontal (AP)", "FRONTAL": "Frontal", "LATERAL": "Lateral",
+                    "LL": "Lateral (LL)", UNKNOWN_VIEW: "Unknown view"},
+           "other_view": "View ({})", "colon": ": ", "indication": "Indication", "prior_report": "Prior report",
+           "findings": "Findings", "impression": "Impression", "stop": "."},
+    "zh": {"tags": {"PA": "正位（后前位）", "AP": "正位（前后位）", "FRONTAL": "正位", "LATERAL": "侧位",
+                    "LL": "侧位（左侧位）", UNKNOWN_VIEW: "未知体位"},
+           "other_view": "体位（{}）", "colon": "：", "indication": "临床指征", "prior_report": "既往报告",
+           "findings": "影像所见", "impression": "诊断意见", "stop": "。"},
+}
 # the views a user can pick for an image (demo, server): tag -> view
 VIEW_CHOICES = {"Frontal (PA)": "PA", "Frontal (AP)": "AP", "Frontal": "FRONTAL", "Lateral": "LATERAL",
                 "Lateral (LL)": "LL", "Unknown view": UNKNOWN_VIEW}
-_SECTION_LABEL = re.compile(r"\b(findings|impression)\s*:", re.IGNORECASE)
+_SECTION_NAMES = {"findings": "findings", "impression": "impression", "影像所见": "findings", "检查所见": "findings",
+                  "影像表现": "findings", "诊断意见": "impression", "印象": "impression", "影像诊断": "impression"}
+_SECTION_LABEL = re.compile(r"(?:\b(findings|impression)|(影像所见|检查所见|影像表现|诊断意见|影像诊断|印象))\s*[:：]",
+                            re.IGNORECASE)
 
 
 class StudyPromptError(ValueError):
@@ -66,10 +88,19 @@ def check_target(target: str) -> str:
     return target
 
 
-def view_tag(view: str, prior: bool = False) -> str:
-    """The tag written before an image of `view` (module docstring); `prior`: `Prior frontal (PA)`."""
-    tag = _TAGS.get(view, f"View ({view})")
-    return f"Prior {tag[0].lower()}{tag[1:]}" if prior else tag
+def labels(language: str = DEFAULT_LANGUAGE) -> dict:
+    """`LABELS` of `language` (its base code: `zh-hans` is `zh`), English for a language without them."""
+    return LABELS.get(check_language(language).split("-")[0], LABELS["en"])
+
+
+def view_tag(view: str, prior: bool = False, language: str = DEFAULT_LANGUAGE) -> str:
+    """The tag written before an image of `view` in `language` (module docstring); `prior`: `Prior
+    frontal (PA)` / `既往正位（后前位）`."""
+    words = labels(language)
+    tag = words["tags"].get(view) or words["other_view"].format(view)
+    if not prior:
+        return tag
+    return f"Prior {tag[0].lower()}{tag[1:]}" if words is LABELS["en"] else f"既往{tag}"
 
 
 def guess_views(count: int) -> list[str]:
@@ -78,9 +109,12 @@ def guess_views(count: int) -> list[str]:
     return (["FRONTAL", "LATERAL"] + [UNKNOWN_VIEW] * max(0, count - 2))[:count]
 
 
-def sections_text(findings: str, impression: str) -> str:
-    """`Findings: ... Impression: ...`, a missing section left out ("" when both are)."""
-    parts = [f"Findings: {findings}" if findings else "", f"Impression: {impression}" if impression else ""]
+def sections_text(findings: str, impression: str, language: str = DEFAULT_LANGUAGE) -> str:
+    """`Findings: ... Impression: ...` (`影像所见：... 诊断意见：...`), a missing section left out ("" when
+    both are)."""
+    words = labels(language)
+    parts = [f"{words['findings']}{words['colon']}{findings}" if findings else "",
+             f"{words['impression']}{words['colon']}{impression}" if impression else ""]
     return " ".join(p for p in parts if p)
 
 
@@ -90,31 +124,34 @@ def split_sections(text: str) -> tuple[str, str]:
     found: dict[str, str] = {}
     labels = list(_SECTION_LABEL.finditer(text))
     for this, following in zip(labels, labels[1:] + [None]):
-        name = this.group(1).lower()
+        name = this.group(1).lower() if this.group(1) else _SECTION_NAMES[this.group(2)]
         if name not in found:
             found[name] = " ".join(text[this.end():following.start() if following else len(text)].split())
     return found.get("findings", ""), found.get("impression", "")
 
 
 def study_instruction(views: list[str], question: str, indication: str = "", prior_views: list[str] = (),
-                      prior_report: str = "") -> str:
+                      prior_report: str = "", language: str = DEFAULT_LANGUAGE) -> str:
     """The instruction of a study showing images of `views` (and the prior's `prior_views`), with its
-    indication, the prior report when given, and `question` (module docstring); it holds
-    `<ImageHere>` len(views) + len(prior_views) times."""
+    indication, the prior report when given, and `question`, its tags and labels in `language` (module
+    docstring); it holds `<ImageHere>` len(views) + len(prior_views) times."""
     if not views:
         raise StudyPromptError("a study prompt needs at least one image")
-    parts = [f"{view_tag(v)}: {IMAGE_TAG}" for v in views] + [f"{view_tag(v, prior=True)}: {IMAGE_TAG}" for v in prior_views]
+    words = labels(language)
+    colon = words["colon"]
+    parts = ([f"{view_tag(v, language=language)}{colon}{IMAGE_TAG}" for v in views]
+             + [f"{view_tag(v, prior=True, language=language)}{colon}{IMAGE_TAG}" for v in prior_views])
     if indication:
-        parts.append(f"Indication: {_sentence(indication)}")
+        parts.append(f"{words['indication']}{colon}{_sentence(indication, words['stop'])}")
     if prior_report and prior_views:
-        parts.append(f"Prior report: {_sentence(prior_report)}")
+        parts.append(f"{words['prior_report']}{colon}{_sentence(prior_report, words['stop'])}")
     parts.append(question.strip())
     return " ".join(parts)
 
 
-def _sentence(text: str) -> str:
+def _sentence(text: str, stop: str) -> str:
     text = " ".join(text.split())
-    return text if text[-1:] in ".!?。！？" else f"{text}."
+    return text if text[-1:] in ".!?。！？" else f"{text}{stop}"
 
 
 def question_file(prompt_path: str | os.PathLike, target: str, language: str = DEFAULT_LANGUAGE) -> Path:

@@ -9,7 +9,8 @@ views of one study (at most MAX_STUDY_IMAGES): they are put before its question 
 its view (the request's `views`, an extra field like `language`: one name per image, e.g.
 ["PA", "lateral"]; without it guessed from the place: first frontal, second lateral, then
 unknown), in reading order (frontal first), with the request's `indication` when given
-(`xraygpt.data.study_prompts.study_instruction`, as a study sample of training shows them).
+(`xraygpt.data.study_prompts.study_instruction`, as a study sample of training shows them; its tags
+and labels in the request's `language`, else in the language of the question, `languages.detect_language`).
 Images in two different messages are refused.  Consecutive messages of one role are joined
 with a newline.  A request may name its `language` (an extra field, e.g. `extra_body={"language":
 "zh"}` with OpenAI's client): a user message carrying the image and no text is then asked the
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from xraygpt.constants import IMAGE_PLACEHOLDER
 from xraygpt.data.studies import UNKNOWN_VIEW, canonical_view, view_rank
 from xraygpt.data.study_prompts import guess_views, study_instruction
+from xraygpt.languages import detect_language
 from xraygpt.prompting import with_image
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
@@ -291,7 +293,8 @@ def conversation(request: ChatRequest, end_sym: str, summary_instruction: str | 
     def carrying_images(question: str) -> str:
         if views is None:
             return with_image(question)
-        return study_instruction(views, question, " ".join((request.indication or "").split()))
+        return study_instruction(views, question, " ".join((request.indication or "").split()),
+                                 language=request.language or detect_language(question))
 
     out = []
     for turn in turns:

@@ -232,7 +232,7 @@ class Handlers:
             views = [VIEW_CHOICES.get(view, guessed[k]) if view else guessed[k] for k, (_, view) in enumerate(files)]
             prior = (read_xray(prior_file, self.settings.max_image_pixels, self.settings.min_image_side)
                      if prior_file else None)
-            shown = user.session.set_study(images, views, indication or "", prior)
+            shown = user.session.set_study(images, views, indication or "", prior, language=user.language)
         except (UploadError, ChatInputError) as exc:
             problem = str(exc)
         except Exception as exc:
