@@ -300,6 +300,10 @@ def test_the_demo_language_control_selects_the_chinese_summary_instruction(tiny_
     chat = list(handlers.summarize(0.0, 1, 4, user))[-1][0]
     assert chat[-2] == {"role": "user", "content": ZH_SUMMARY}
     assert handlers.set_language("fr", user).language == "zh"  # not offered: kept
+    from PIL import Image
+
+    user.session.set_study([Image.open(xray)], ["PA"], "", language="en")  # a study loaded in English ...
+    assert handlers.set_language("zh", user).session.study[3] == "zh"  # ... is tagged in the language chosen
     user = handlers.reset(user)[-1]
     assert user.language == "zh"  # Reset keeps the chosen language
     # a fresh user starts in demo.language
@@ -430,3 +434,7 @@ def test_a_study_is_tagged_in_the_language_of_the_request_or_of_its_question(tin
     asked = tiny_model.tokenizer.decode([t for t in chat.prompt_ids("心脏大吗？", 12) if t >= 0],
                                         skip_special_tokens=True).replace("<Img> </Img>", "<Img></Img>")
     assert "正位（后前位）：<Img></Img> 侧位：<Img></Img> 既往正位：<Img></Img> 临床指征：咳嗽。 心脏大吗？" in asked, asked
+    chat.set_study_language("en")  # the demo's language control
+    asked = tiny_model.tokenizer.decode([t for t in chat.prompt_ids("Describe it.", 12) if t >= 0],
+                                        skip_special_tokens=True).replace("<Img> </Img>", "<Img></Img>")
+    assert "Frontal (PA): <Img></Img> Lateral: <Img></Img> Prior frontal: <Img></Img> Indication: 咳嗽. Describe it." in asked, asked

@@ -127,6 +127,7 @@ def test_chinese_study_prompt_tags_labels_and_sections():
     assert split_sections("检查所见：心影增大。 印象：心脏增大。") == ("心影增大。", "心脏增大。")
     assert split_sections("影像表现: 少量积液 影像诊断：胸腔积液") == ("少量积液", "胸腔积液")
     assert split_sections("印象深刻的病例") == ("", "")  # a header only with its colon
+    assert split_sections(sections_text("影像表现：双肺清晰。", "诊断意见：未见异常。", "zh")) == ("双肺清晰。", "未见异常。")
 
 
 def test_study_samples_views_prior_and_targets(study_folder):

@@ -138,6 +138,13 @@ class ChatSession:
         self.dropped_turns = 0
         return self.study[0]
 
+    def set_study_language(self, language: str) -> None:
+        """Write the loaded study's view tags and labels in `language` from the next reply on (the demo's
+        language control); nothing without a study.  The whole dialogue is encoded anew at each reply, so
+        earlier turns are shown with the new tags too."""
+        if self.study is not None:
+            self.study = (*self.study[:3], language)
+
     @property
     def image_count(self) -> int:
         """Images the conversation shows (0 before any)."""

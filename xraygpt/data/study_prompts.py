@@ -57,17 +57,20 @@ logger = logging.getLogger(__name__)
 TARGETS = ("summary", "findings", "impression", "sections")
 DEFAULT_STUDY_PROMPT_PATH = "prompts/study_{target}.txt"
 
-# Per language (module docstring): each view's tag, the tag of another view, how the prior's tags begin, the
-# labels (with their separator) of the indication, the prior report and the two sections.
+# Per language (module docstring): each view's tag, the tag of another view, the labels (with their
+# separator) of the indication, the prior report and the two sections, the full stop added to an indication,
+# and the prior's tags (`prior` around the view's tag, its first letter lower-cased with `prior_lowercase`).
 LABELS = {
     "en": {"tags": {"PA": "Frontal (PA)", "AP": "Frontal (AP)", "FRONTAL": "Frontal", "LATERAL": "Lateral",
                     "LL": "Lateral (LL)", UNKNOWN_VIEW: "Unknown view"},
            "other_view": "View ({})", "colon": ": ", "indication": "Indication", "prior_report": "Prior report",
-           "findings": "Findings", "impression": "Impression", "stop": "."},
+           "findings": "Findings", "impression": "Impression", "stop": ".", "prior": "Prior {}",
+           "prior_lowercase": True},
     "zh": {"tags": {"PA": "正位（后前位）", "AP": "正位（前后位）", "FRONTAL": "正位", "LATERAL": "侧位",
                     "LL": "侧位（左侧位）", UNKNOWN_VIEW: "未知体位"},
            "other_view": "体位（{}）", "colon": "：", "indication": "临床指征", "prior_report": "既往报告",
-           "findings": "影像所见", "impression": "诊断意见", "stop": "。"},
+           "findings": "影像所见", "impression": "诊断意见", "stop": "。", "prior": "既往{}",
+           "prior_lowercase": False},
 }
 # the views a user can pick for an image (demo, server): tag -> view
 VIEW_CHOICES = {"Frontal (PA)": "PA", "Frontal (AP)": "AP", "Frontal": "FRONTAL", "Lateral": "LATERAL",
@@ -100,7 +103,7 @@ def view_tag(view: str, prior: bool = False, language: str = DEFAULT_LANGUAGE) -
     tag = words["tags"].get(view) or words["other_view"].format(view)
     if not prior:
         return tag
-    return f"Prior {tag[0].lower()}{tag[1:]}" if words is LABELS["en"] else f"既往{tag}"
+    return words["prior"].format(f"{tag[0].lower()}{tag[1:]}" if words["prior_lowercase"] else tag)
 
 
 def guess_views(count: int) -> list[str]:
@@ -120,12 +123,13 @@ def sections_text(findings: str, impression: str, language: str = DEFAULT_LANGUA
 
 def split_sections(text: str) -> tuple[str, str]:
     """(findings, impression) of a `sections_text` (or a generated answer in that form): the text
-    after each label up to the next; a label that is missing gives ""."""
+    after each label up to the next (the first that is not empty: `影像所见：影像表现：...` is the text
+    after the second); a label that is missing gives ""."""
     found: dict[str, str] = {}
-    labels = list(_SECTION_LABEL.finditer(text))
-    for this, following in zip(labels, labels[1:] + [None]):
+    marks = list(_SECTION_LABEL.finditer(text))
+    for this, following in zip(marks, marks[1:] + [None]):
         name = this.group(1).lower() if this.group(1) else _SECTION_NAMES[this.group(2)]
-        if name not in found:
+        if not found.get(name):
             found[name] = " ".join(text[this.end():following.start() if following else len(text)].split())
     return found.get("findings", ""), found.get("impression", "")
 

@@ -271,10 +271,11 @@ class Handlers:
 
     def set_language(self, language: str, state: UserState | None) -> UserState:
         """The language control: later summaries are asked for in `language` (one of settings.languages;
-        anything else keeps the current language and is logged)."""
+        anything else keeps the current language and is logged), and a loaded study's tags written in it."""
         user = self._user(state)
         if language in self.summary_instructions:
             user.language = language
+            user.session.set_study_language(language)
         else:
             logger.warning("language %r is not one of demo.languages (%s); kept %s", language,
                            ", ".join(self.summary_instructions), user.language)
