@@ -160,14 +160,17 @@ def question_lines(file) -> list[str]:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_chinese_study_questions(study_folder, target):
+def test_chinese_study_questions(study_folder, target, caplog):
     """A study source with `language: zh` asks the questions of prompts/zh/study_{target}.txt (Chinese, not
-    the English file's), after Chinese view tags and labels; the target is the source's text, with the
-    sections' labels in Chinese."""
+    the English file's), after Chinese view tags and labels; the target is the source's text as written (the
+    comparison rules are English), with the sections' labels in Chinese, and a warning says so."""
     want = question_lines(REPO / "prompts" / "zh" / f"study_{target}.txt")
     english = question_lines(REPO / "prompts" / f"study_{target}.txt")
     assert len(want) >= 3 and all(written_in(q, "zh") and not written_in(q, "en") for q in want)
-    zh, en = studies(study_folder, target=target, language="zh"), studies(study_folder, target=target)
+    with caplog.at_level("WARNING", logger="xraygpt.data.study_dataset"):
+        zh = studies(study_folder, target=target, language="zh")
+    assert ("removed by English rules only" in caplog.text) == (target != "summary")
+    en = studies(study_folder, target=target)
     assert zh.instructions == want and en.instructions == english and not set(want) & set(english)
     # study s1 (PA + lateral, an indication): Chinese tags and label, the indication as written, a Chinese question
     head = "正位（后前位）：<Img><ImageHere></Img> 侧位：<Img><ImageHere></Img> 临床指征：Cough and fever. "
@@ -175,11 +178,12 @@ def test_chinese_study_questions(study_folder, target):
     assert asked == {head + q for q in want}  # every question of the file is drawn, and nothing else
     english_head = "Frontal (PA): <Img><ImageHere></Img> Lateral: <Img><ImageHere></Img> Indication: Cough and fever. "
     assert en[0]["instruction"] in {english_head + q for q in english}
-    caption = en[0]["caption"]
-    if target == "sections":
-        assert caption.startswith("Findings: ") and " Impression: " in caption
-        caption = caption.replace("Findings: ", "影像所见：").replace("Impression: ", "诊断意见：")
-    assert zh[0]["caption"] == caption
+    # the target: the comparison rules are English, so a zh source's sections are as written (s1 shows no prior)
+    record = zh.records[0]
+    written = {"summary": record.summary, "findings": record.findings, "impression": record.impression,
+               "sections": f"影像所见：{record.findings} 诊断意见：{record.impression}"}[target]
+    assert zh[0]["caption"] == written
+    assert (en[0]["caption"] == written) == (target == "summary")  # English removes s1's comparisons
 
 
 def test_a_study_source_in_a_language_without_study_prompts_is_refused_in_one_line(study_folder, tmp_path):

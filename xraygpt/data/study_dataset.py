@@ -20,7 +20,9 @@ sample that shows no prior study never has comparison wording in its target: `fi
 `impression` and `sections` go through the preparation's rule summariser and labeler guard
 section by section (`xraygpt.data.rexrank.rule_summary`, the code of `prepare`); a sample that
 shows its prior keeps the sections as written (comparisons, and de-identification blanks, included)
-when `keep_comparisons` is on.  `summary` is always the comparison-free summary.
+when `keep_comparisons` is on.  `summary` is always the comparison-free summary.  Those rules are
+English: a source in another `language` (`zh`) has its sections as written in every sample, with
+comparisons, and says so in a warning when built (`removes_comparisons`).
 
 Bad input (counted in `StudyDataset.counts`, logged once at start-up; never a crash):
 - a study with no readable image: dropped by the reader (`read_studies` / `read_rexrank`, with
@@ -71,12 +73,18 @@ REXRANK = registry.register("dataset_format", "rexrank")(DatasetFormat("rexrank"
 STUDY_FORMATS = (STUDIES.name, REXRANK.name)
 
 
+def removes_comparisons(language: str) -> bool:
+    """Whether comparison wording can be removed from `language`'s sections: the rules are English."""
+    return language.split("-")[0] == "en"
+
+
 def study_target(record: StudyRecord, target: str, comparisons: bool, language: str = DEFAULT_LANGUAGE) -> str:
     """The target text of `record` (module docstring); `comparisons`: the sections as written; `language`:
-    of the `sections` labels (`study_prompts.sections_text`)."""
+    of the `sections` labels (`study_prompts.sections_text`) and of the text (the comparison rules are
+    English: another language's sections are always as written, `removes_comparisons`)."""
     if target == "summary":
         return record.summary
-    if comparisons:
+    if comparisons or not removes_comparisons(language):
         findings, impression = record.findings, record.impression
     else:
         findings = rule_summary(record.findings, "") if record.findings else ""
@@ -123,6 +131,10 @@ class StudyDataset(torch.utils.data.Dataset):
         self.use_prior = use_prior
         self.prior_report = prior_report
         self.keep_comparisons = keep_comparisons
+        if self.target != "summary" and not removes_comparisons(language):
+            logger.warning("%s: comparison wording is removed by English rules only; the %s targets of this %s "
+                           "source are its sections as written, comparisons included, with or without the prior "
+                           "shown", name, self.target, language)
         self.by_id = studies.by_id()
         self.counts: Counter[str] = Counter()
         self.records: list[StudyRecord] = []
