@@ -283,29 +283,18 @@ def stage0_reading(stage0_run: Path, split_dir: Path, out_file: Path, seed: int 
     how well the LLM itself reads the lateral findings and the changes, apart from the images and the
     projection.  Scores each mode as `evaluate_study` does (`study_scores`) and writes them to `out_file`
     (JSON; README, "Studies on the embedded default")."""
-    from xraygpt import builders
-    from xraygpt.config import load_config
-    from xraygpt.data.collate import ConversationPromptCollator
     from xraygpt.data.study_prompts import load_questions
-    from xraygpt.models.generation import GenerationSettings
+    from xraygpt.embedded.stage0_reader import Stage0Reader
 
-    cfg = load_config(stage0_run / "config.yaml", [f"model.llm.path={stage0_run / 'hf_model'}"])
-    model = builders.build_model(cfg.model, seed)
-    model.eval()
-    collate = ConversationPromptCollator(model.prompt_tokenizer)
-    generation = GenerationSettings(max_new_tokens=max_new_tokens)
+    reader = Stage0Reader(stage0_run, seed, max_new_tokens)
     labels = json.loads((split_dir / study_world.LABELS_FILE).read_text())
     question = load_questions(PROMPT_PATH, "summary")[:1]
     result = {}
     for mode, lateral, prior in (("image", True, True), ("frontal_only", False, True), ("no_prior", True, False)):
         conversations = stage0_conversations(split_dir, question, seed, lateral=lateral, prior=prior)
         conversations = [c for c in conversations if c["id"].split("/", 1)[1] in labels]
-        predictions = []
-        for start in range(0, len(conversations), batch_size):
-            batch = conversations[start:start + batch_size]
-            prompts = collate([{"image_id": c["id"], "system": None,
-                                "turns": [(c["turns"][0]["content"], c["turns"][1]["content"])]} for c in batch])
-            predictions += model.generate(prompts["input_ids"], prompts["attention_mask"], generation)
+        predictions, _ = reader.ask([(c["turns"][0]["content"], c["turns"][1]["content"]) for c in conversations],
+                                    batch_size)
         result[mode] = study_scores(predictions, [labels[c["id"].split("/", 1)[1]] for c in conversations])
     result["definitions"] = DEFINITIONS
     out_file.parent.mkdir(parents=True, exist_ok=True)

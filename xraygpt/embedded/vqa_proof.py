@@ -197,29 +197,17 @@ def stage0_reading(stage0_run: Path, release: Path, out_file: Path, split: str =
     only, greedy): `<Img>o o reffusion ...</Img> question` -> answer, as stage 0 trained.  This tells a
     miss of the stage-0 LLM's reading from one of the projection (stages 1-2).  Writes and returns
     {"closed": {count, accuracy}, "by_kind": {"kind/finding": {language: {count, accuracy}}}}."""
-    from xraygpt import builders
-    from xraygpt.config import load_config
-    from xraygpt.data.collate import ConversationPromptCollator
-    from xraygpt.models.generation import GenerationSettings
+    from xraygpt.embedded.stage0_reader import Stage0Reader
 
-    cfg = load_config(stage0_run / "config.yaml", [f"model.llm.path={stage0_run / 'hf_model'}"])
-    model = builders.build_model(cfg.model, seed)
-    model.eval()
-    collate = ConversationPromptCollator(model.prompt_tokenizer)
-    generation = GenerationSettings(max_new_tokens=max_new_tokens)
     slots = json.loads((release / vqa_world.SIDED_SLOTS_FILE).read_text())
     entries = [e for e in json.loads((release / vqa_world.RELEASE_FILES[split]).read_text())
                if str(e["answer_type"]).upper() == "CLOSED"]
+    answers, references = Stage0Reader(stage0_run, seed, max_new_tokens).ask(
+        [(f"<Img>{slots[Path(e['img_name']).stem]}</Img> {e['question']}", str(e["answer"])) for e in entries], batch_size)
     correct: dict[tuple[str, str], list[bool]] = {}
-    for start in range(0, len(entries), batch_size):
-        batch = entries[start:start + batch_size]
-        prompts = collate([{"image_id": str(e["qid"]), "system": None,
-                            "turns": [(f"<Img>{slots[Path(e['img_name']).stem]}</Img> {e['question']}", str(e["answer"]))]}
-                           for e in batch])
-        answers = model.generate(prompts["input_ids"], prompts["attention_mask"], generation)
-        for e, answer, reference in zip(batch, answers, prompts["references"]):
-            key = (f"{e.get('kind', '?')}/{e.get('finding', '?')}", e["q_lang"])
-            correct.setdefault(key, []).append(answer.strip() == reference.strip())
+    for e, answer, reference in zip(entries, answers, references):
+        key = (f"{e.get('kind', '?')}/{e.get('finding', '?')}", e["q_lang"])
+        correct.setdefault(key, []).append(answer.strip() == reference.strip())
     by_kind: dict[str, dict] = {}
     for (kind, language), hits in sorted(correct.items()):
         by_kind.setdefault(kind, {})[language] = {"count": len(hits), "accuracy": sum(hits) / len(hits)}
