@@ -355,8 +355,22 @@ def test_only_example_images_are_served_and_uploads_are_deleted(tiny_model, tiny
 
         assert status(examples / "a.png") == 200
         assert status(examples / "page.html") >= 400 and status(examples / "notes.txt") >= 400
-        upload(Client(url, verbose=False), xray)
-        stored = [p for p in uploads.rglob("*") if p.is_file()]
+        seen: set = set()  # watched while uploading: under load the upload can be older than 1 s when it returns
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                seen.update(p for p in uploads.rglob("*") if p.is_file())
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            upload(Client(url, verbose=False), xray)
+        finally:
+            done.set()
+            watcher.join()
+        stored = sorted(seen)
         assert stored, "the upload should have been stored under GRADIO_TEMP_DIR"
         deadline = time.monotonic() + 20
         while any(p.exists() for p in stored) and time.monotonic() < deadline:
