@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from PIL import Image
@@ -77,6 +77,15 @@ class _Cancelled(StoppingCriteria):
 _DONE = object()
 
 
+class StudyShown(NamedTuple):
+    """What a study conversation shows before its first question (`study_prompts.study_instruction`)."""
+
+    views: list[str]  # the current study's views, in reading order
+    indication: str
+    prior_views: list[str]  # ["FRONTAL"] with a prior image, else []
+    language: str  # of the view tags and labels
+
+
 class ChatSession:
     """One user's conversation about one image with a shared, frozen `XrayGPT` model.
 
@@ -94,7 +103,7 @@ class ChatSession:
         self.image_tokens: torch.Tensor | None = None
         self.turns: list[tuple[str, str]] = []
         self.dropped_turns = 0
-        self.study: tuple[list[str], str, list[str], str] | None = None  # (views, indication, prior views, language)
+        self.study: StudyShown | None = None
 
     def reset(self) -> None:
         """Forget the image and the conversation."""
@@ -133,7 +142,7 @@ class ChatSession:
         order = sorted(range(len(images)), key=lambda k: (view_rank(views[k]), k))
         shown = [images[k] for k in order] + ([prior] if prior is not None else [])
         self.image_tokens = self.model.encode_images(torch.stack([self.process(image) for image in shown]))
-        self.study = ([views[k] for k in order], indication, ["FRONTAL"] if prior is not None else [], language)
+        self.study = StudyShown([views[k] for k in order], indication, ["FRONTAL"] if prior is not None else [], language)
         self.turns = []
         self.dropped_turns = 0
         return self.study[0]
@@ -143,7 +152,7 @@ class ChatSession:
         language control); nothing without a study.  The whole dialogue is encoded anew at each reply, so
         earlier turns are shown with the new tags too."""
         if self.study is not None:
-            self.study = (*self.study[:3], language)
+            self.study = self.study._replace(language=language)
 
     @property
     def image_count(self) -> int:
@@ -156,9 +165,9 @@ class ChatSession:
         if self.study is None:
             dialogue[0] = (with_image(first_question), first_answer)
         else:
-            views, indication, prior_views, language = self.study
-            dialogue[0] = (study_instruction(views, first_question, indication, prior_views, language=language),
-                           first_answer)
+            study = self.study
+            dialogue[0] = (study_instruction(study.views, first_question, study.indication, study.prior_views,
+                                             language=study.language), first_answer)
         return self.prompt_tokenizer.encode_dialogue(dialogue, truncate_answers=False,
                                                      max_images=max(1, self.image_count))[0]
 

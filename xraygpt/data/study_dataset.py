@@ -61,7 +61,7 @@ from xraygpt.data.studies import StudyFile, StudyFileError, StudyRecord, limit_i
 from xraygpt.data.study_prompts import (DEFAULT_STUDY_PROMPT_PATH, check_target, load_questions, sections_text,
                                         study_instruction)
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
-from xraygpt.languages import DEFAULT_LANGUAGE
+from xraygpt.languages import DEFAULT_LANGUAGE, base_language
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ STUDY_FORMATS = (STUDIES.name, REXRANK.name)
 
 def removes_comparisons(language: str) -> bool:
     """Whether comparison wording can be removed from `language`'s sections: the rules are English."""
-    return language.split("-")[0] == "en"
+    return base_language(language) == "en"
 
 
 def study_target(record: StudyRecord, target: str, comparisons: bool, language: str = DEFAULT_LANGUAGE) -> str:

@@ -48,7 +48,7 @@ import re
 from pathlib import Path
 
 from xraygpt.data.studies import UNKNOWN_VIEW
-from xraygpt.languages import DEFAULT_LANGUAGE, check_language
+from xraygpt.languages import DEFAULT_LANGUAGE, base_language, check_language
 from xraygpt.prompting import IMAGE_TAG, PromptFileError, instruction_file, locate, summary_instruction
 from xraygpt.constants import IMAGE_PLACEHOLDER
 
@@ -93,7 +93,7 @@ def check_target(target: str) -> str:
 
 def labels(language: str = DEFAULT_LANGUAGE) -> dict:
     """`LABELS` of `language` (its base code: `zh-hans` is `zh`), English for a language without them."""
-    return LABELS.get(check_language(language).split("-")[0], LABELS["en"])
+    return LABELS.get(base_language(check_language(language)), LABELS["en"])
 
 
 def view_tag(view: str, prior: bool = False, language: str = DEFAULT_LANGUAGE) -> str:

@@ -291,11 +291,11 @@ def stage0_reading(stage0_run: Path, split_dir: Path, out_file: Path, seed: int 
     question = load_questions(PROMPT_PATH, "summary")[:1]
     result = {}
     for mode, lateral, prior in (("image", True, True), ("frontal_only", False, True), ("no_prior", True, False)):
-        conversations = stage0_conversations(split_dir, question, seed, lateral=lateral, prior=prior)
-        conversations = [c for c in conversations if c["id"].split("/", 1)[1] in labels]
-        predictions, _ = reader.ask([(c["turns"][0]["content"], c["turns"][1]["content"]) for c in conversations],
-                                    batch_size)
-        result[mode] = study_scores(predictions, [labels[c["id"].split("/", 1)[1]] for c in conversations])
+        asked = [(c["id"].split("/", 1)[1], c["turns"]) for c in
+                 stage0_conversations(split_dir, question, seed, lateral=lateral, prior=prior)]
+        asked = [(study_id, turns) for study_id, turns in asked if study_id in labels]
+        predictions, _ = reader.ask([(t[0]["content"], t[1]["content"]) for _, t in asked], batch_size)
+        result[mode] = study_scores(predictions, [labels[study_id] for study_id, _ in asked])
     result["definitions"] = DEFINITIONS
     out_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_file, json.dumps(result, indent=2))
