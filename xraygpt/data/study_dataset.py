@@ -17,12 +17,15 @@ source; views; image ids; target}.  The collator stacks studies into (T, 3, H, W
 Targets (`target`): `summary` (the record's comparison-free summary, as filter_cap.json's caption),
 `findings`, `impression` or `sections` (`Findings: ... Impression: ...`).  Comparisons: a
 sample that shows no prior study never has comparison wording in its target: `findings`,
-`impression` and `sections` go through the preparation's rule summariser and labeler guard
-section by section (`xraygpt.data.rexrank.rule_summary`, the code of `prepare`); a sample that
-shows its prior keeps the sections as written (comparisons, and de-identification blanks, included)
-when `keep_comparisons` is on.  `summary` is always the comparison-free summary.  Those rules are
-English: a source in another `language` (`zh`) has its sections as written in every sample, with
-comparisons, and says so in a warning when built (`removes_comparisons`).
+`impression` and `sections` of an English source go through the preparation's rule summariser and
+labeler guard section by section (`xraygpt.data.rexrank.rule_summary`, the code of `prepare`), those
+of a Chinese source (`language` zh, zh-hans, ...) through the Chinese comparison rules
+(`xraygpt.data.zh_comparisons.zh_sections_without_comparisons`: comparisons out, findings kept, a
+finding reported gone dropped); a sample that shows its prior keeps the sections as written
+(comparisons, and de-identification blanks, included) when `keep_comparisons` is on.  `summary` is
+always the comparison-free summary.  A source in a language without comparison rules (neither en nor
+zh: `COMPARISON_RULE_LANGUAGES`) has its sections as written in every sample, with comparisons, and
+says so in a warning when built (`removes_comparisons`).
 
 Bad input (counted in `StudyDataset.counts`, logged once at start-up; never a crash):
 - a study with no readable image: dropped by the reader (`read_studies` / `read_rexrank`, with
@@ -40,8 +43,8 @@ Bad input (counted in `StudyDataset.counts`, logged once at start-up; never a cr
   empty only once comparisons are removed ("No change from prior.") is skipped for the next study
   when drawn (counted), and scored as an empty reference (skipped, counted) by evaluation.
 
-Comparison-free targets are made when a study is first drawn (about 1.3 ms a study for the rules and
-the guard), not at start-up, so a MIMIC-size training set starts at once.
+Comparison-free targets are made when a study is first drawn (about 1.3 ms a study for the English rules
+and the guard, 0.1 ms for the Chinese rules), not at start-up, so a MIMIC-size training set starts at once.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from xraygpt.data.studies import StudyFile, StudyFileError, StudyRecord, limit_i
 from xraygpt.data.study_prompts import (DEFAULT_STUDY_PROMPT_PATH, check_target, load_questions, sections_text,
                                         study_instruction)
 from xraygpt.data.transforms import DECODE_ERRORS, decode_image
+from xraygpt.data.zh_comparisons import zh_sections_without_comparisons
 from xraygpt.languages import DEFAULT_LANGUAGE, base_language
 
 logger = logging.getLogger(__name__)
@@ -73,19 +77,25 @@ REXRANK = registry.register("dataset_format", "rexrank")(DatasetFormat("rexrank"
 STUDY_FORMATS = (STUDIES.name, REXRANK.name)
 
 
+# Base languages whose sections have comparison rules: English (the preparation's) and Chinese (zh_comparisons).
+COMPARISON_RULE_LANGUAGES = ("en", "zh")
+
+
 def removes_comparisons(language: str) -> bool:
-    """Whether comparison wording can be removed from `language`'s sections: the rules are English."""
-    return base_language(language) == "en"
+    """Whether comparison wording can be removed from `language`'s sections (`COMPARISON_RULE_LANGUAGES`)."""
+    return base_language(language) in COMPARISON_RULE_LANGUAGES
 
 
 def study_target(record: StudyRecord, target: str, comparisons: bool, language: str = DEFAULT_LANGUAGE) -> str:
     """The target text of `record` (module docstring); `comparisons`: the sections as written; `language`:
-    of the `sections` labels (`study_prompts.sections_text`) and of the text (the comparison rules are
-    English: another language's sections are always as written, `removes_comparisons`)."""
+    of the `sections` labels (`study_prompts.sections_text`) and of the text (English and Chinese rules;
+    another language's sections are always as written, `removes_comparisons`)."""
     if target == "summary":
         return record.summary
     if comparisons or not removes_comparisons(language):
         findings, impression = record.findings, record.impression
+    elif base_language(language) == "zh":
+        findings, impression = zh_sections_without_comparisons(record.findings, record.impression)
     else:
         findings = rule_summary(record.findings, "") if record.findings else ""
         impression = rule_summary("", record.impression) if record.impression else ""
@@ -132,9 +142,9 @@ class StudyDataset(torch.utils.data.Dataset):
         self.prior_report = prior_report
         self.keep_comparisons = keep_comparisons
         if self.target != "summary" and not removes_comparisons(language):
-            logger.warning("%s: comparison wording is removed by English rules only; the %s targets of this %s "
-                           "source are its sections as written, comparisons included, with or without the prior "
-                           "shown", name, self.target, language)
+            logger.warning("%s: no comparison rules for language %s; the %s targets of this source are its "
+                           "sections as written, comparisons included, with or without the prior shown",
+                           name, language, self.target)
         self.by_id = studies.by_id()
         self.counts: Counter[str] = Counter()
         self.records: list[StudyRecord] = []
