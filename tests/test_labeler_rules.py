@@ -51,6 +51,13 @@ def labels(labeler, text: str) -> dict:
     ("Small pericardial effusion.", {"No Finding": POSITIVE}),
     # decimals do not cut a sentence: "no" still reaches the nodule
     ("No 1.5 cm nodule is identified.", {"Lung Lesion": NEGATIVE, "No Finding": POSITIVE}),
+    # a finding reported gone is negated; one partly resolved is still there
+    ("The right pleural effusion has resolved.", {"Pleural Effusion": NEGATIVE, "No Finding": POSITIVE}),
+    ("Resolution of the left pneumothorax.", {"Pneumothorax": NEGATIVE, "No Finding": POSITIVE}),
+    ("The right pleural effusion has partially resolved.", {"Pleural Effusion": POSITIVE}),
+    ("The left pneumothorax has not completely resolved.", {"Pneumothorax": POSITIVE}),
+    ("Incompletely resolved right lower lobe pneumonia.", {"Pneumonia": POSITIVE}),
+    ("Near complete resolution of the right pleural effusion.", {"Pleural Effusion": POSITIVE}),
 ])
 def test_sentences(labeler, text, expected):
     assert labels(labeler, text) == expected

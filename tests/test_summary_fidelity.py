@@ -13,6 +13,7 @@ from xraygpt.data.prepare.__main__ import main as prepare_main
 from xraygpt.data.prepare.cleaning import Cleaned, SentenceOutcome, clean_summary
 from xraygpt.data.prepare.fidelity import fidelity_table
 from xraygpt.data.prepare.guard import guard_summary
+from xraygpt.data.rexrank import rule_summary
 from xraygpt.data.prepare.rewrite import COMPARISON, RuleFileError, load_rules, minimal_form, rewrite_sentence
 from xraygpt.data.prepare.sections import parse_report
 
@@ -36,6 +37,11 @@ MIMIC_EXAMPLES = SHARED / "mimic-report-examples"
     ("Right lower lobe opacities are better seen in prior CT.", "Right lower lobe opacities."),
     ("Stable position of left subclavian central venous catheter.", "Left subclavian central venous catheter."),
     ("Heart size remains mildly enlarged.", "Heart size is mildly enlarged."),
+    # partly resolved: what is left of the finding is on the image
+    ("Right pleural effusion has partially resolved.", "Right pleural effusion."),
+    ("The left basilar opacity has not completely resolved.", "The left basilar opacity."),
+    ("Incompletely resolved right lower lobe pneumonia.", "Right lower lobe pneumonia."),
+    ("Near-complete resolution of the left pneumothorax.", "Left pneumothorax."),
     # a comparison alone, or a change whose finding is gone, goes
     ("No change from prior.", ""),
     ("Compared to ___.", ""),
@@ -61,6 +67,18 @@ def test_rewrites(sentence, expected):
     assert text == expected
     assert (text == sentence) == (rules == [])
     assert not COMPARISON.search(text) and "XXXX" not in text and "___" not in text
+
+
+@pytest.mark.parametrize("report,expected", [
+    ("Right pleural effusion has partially resolved. No pneumothorax.", "Right pleural effusion. No pneumothorax."),
+    ("The left effusion has largely resolved.", "The left effusion."),
+    ("Interval partial resolution of the right lower lobe consolidation.", "Right lower lobe consolidation."),
+    ("The right pleural effusion has resolved. Mild cardiomegaly.", "Mild cardiomegaly."),
+])
+def test_partly_resolved_findings_survive_the_guard(report, expected):
+    """A partly resolved finding is still there: the rules keep it and the labeler guard (which reads it
+    positive) does not take it out again; a finding reported gone goes."""
+    assert rule_summary(report, "") == expected
 
 
 def test_minimal_form_keeps_every_other_word():
