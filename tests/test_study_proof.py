@@ -35,7 +35,7 @@ def test_study_proof_script_runs_end_to_end(prepared, repo, tmp_path):
     out = tmp_path / "proof"
     env = {**os.environ, "PREPARED": str(prepared), "STUDY_PROOF_ROOT": str(out), "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1",
-           "STUDY_PREPARE_ARGS": "--num-train 12 --num-pool 6 --num-test 5",
+           "STUDY_PREPARE_ARGS": "--num-train 12 --num-pool 6 --num-test 5 --encoder-steps 2",
            "STUDY_TRAIN_OPTIONS": "run.iters_per_epoch=2 run.max_epoch=1 run.batch_size_train=2 run.num_workers=0 "
                                   "run.sample_generations=1 run.max_new_tokens=4 run.log_freq=1",
            "STUDY_EVAL_ARGS": "--max-new-tokens 3"}
@@ -54,6 +54,8 @@ def test_study_proof_script_runs_end_to_end(prepared, repo, tmp_path):
         assert [r["step"] for r in records] == [1, 2]
     config = (seed_dir / "output" / "study" / "stage1" / "config.yaml").read_text()
     assert "use_prior: true" in config and "study/mimic/train" in config
+    assert "checkpoint: study/medclip_tiny" in config  # the study encoder study-prepare wrote
+    assert (seed_dir / "study" / "medclip_tiny" / "pytorch_model.bin").is_file()
     conversations = [json.loads(x) for x in (seed_dir / "study" / "stage0_train.jsonl").read_text().splitlines()]
     assert len(conversations) == 12 + 6
     alone = [c for c in conversations if c["turns"][0]["content"].count("</Img>") == 2]

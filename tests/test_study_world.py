@@ -308,3 +308,50 @@ def test_stage0_conversations_leave_out_the_lateral_or_the_prior_slot_when_asked
         assert "Lateral" not in f["turns"][0]["content"] and "Prior" not in n["turns"][0]["content"]
         assert all(c["turns"][0]["content"].endswith("Describe the study.") for c in (a, f, n))
         assert a["turns"][1] == f["turns"][1] == n["turns"][1]
+
+
+def test_the_study_encoder_learns_both_views_from_the_pool(world, tiny_assets, tmp_path):
+    """`encoder_examples` gives every current frontal, lateral and prior frontal of a split with its findings
+    and slot cells, a lateral finding as the frontal finding of its slot word; `continue_tiny_encoder`
+    continues the prepared encoder's pretraining on them and writes a MedCLIP-format folder that loads,
+    leaving the prepared one as it was."""
+    import torch
+
+    from xraygpt.embedded.assets import continue_tiny_encoder
+    from xraygpt.embedded.slots import FILLER
+    from xraygpt.embedded.study_proof import encoder_examples
+    from xraygpt.models.medclip_encoder import load_medclip_vision_encoder, read_state_dict
+
+    split = world / "train"
+    labels = json.loads((split / study_world.LABELS_FILE).read_text())
+    slots = json.loads((split / study_world.SLOTS_FILE).read_text())
+    source = tiny_assets["encoder"]
+    before = read_state_dict(source / "pytorch_model.bin")
+    encoder = load_medclip_vision_encoder(str(source), str(tiny_assets["swin_config"]), "patch", 64)
+    images, targets, cells = encoder_examples(split, encoder.preprocessing)
+    assert images.shape == (3 * N_TRAIN, 3, 112, 112) and targets.shape == (3 * N_TRAIN, len(FINDINGS))
+    assert cells.shape == (3 * N_TRAIN, 49)
+    words = [FILLER] + [SLOT_WORDS[f] for f in FINDINGS]
+    lateral_rows = 0
+    for i, (study, label) in enumerate(labels.items()):
+        frontal, lateral, prior = 3 * i, 3 * i + 1, 3 * i + 2
+        assert [words[c] for c in cells[frontal]] == slots[study]["frontal"].split(" ")
+        assert [words[c] for c in cells[lateral]] == slots[study]["lateral"].split(" ")
+        assert [words[c] for c in cells[prior]] == slots[study]["prior"].split(" ")
+        assert {FINDINGS[j] for j in targets[frontal].nonzero().flatten().tolist()} == set(label["current"])
+        assert {FINDINGS[j] for j in targets[prior].nonzero().flatten().tolist()} == set(label["prior"])
+        shown = {FINDINGS[j] for j in targets[lateral].nonzero().flatten().tolist()}
+        expected = {f for f in FINDINGS if SLOT_WORDS[f] in {LATERAL_SLOT_WORDS[x] for x in label["lateral"]}}
+        assert shown == expected
+        lateral_rows += bool(label["lateral"])
+    assert 0 < lateral_rows < N_TRAIN  # both kinds of lateral view are in the examples
+
+    out = continue_tiny_encoder(source, tmp_path / "study_encoder",
+                                lambda preprocessing: encoder_examples(split, preprocessing), steps=2, seed=0)
+    assert (out / "swin_config.json").read_text() == (source / "swin_config.json").read_text()
+    after = read_state_dict(out / "pytorch_model.bin")
+    vision = [k for k in before if k.startswith("vision_model.")]
+    assert vision and set(vision) <= set(after)
+    assert any(not torch.equal(before[k], after[k]) for k in vision), "the pretraining must change the weights"
+    assert all(torch.equal(before[k], v) for k, v in read_state_dict(source / "pytorch_model.bin").items())
+    load_medclip_vision_encoder(str(out), str(out / "swin_config.json"), "patch", 64)

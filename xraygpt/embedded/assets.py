@@ -6,6 +6,8 @@
 Swin names, plus `text_model.*` and `logit_scale`), optionally pretrained first on a synthetic
 split's findings and, with its slots.json, where each is drawn (`pretrain_tiny_encoder`: the
 stand-in for MedCLIP's own pretraining).
+`continue_tiny_encoder(source, out, examples, steps)` continues that pretraining from a written
+encoder on other examples (the study proof's encoder: both views) and writes it the same way.
 `write_tiny_llm(folder, texts, seed)` writes a SentencePiece BPE tokenizer (512 pieces) trained
 on `texts` and a randomly initialised 2-layer LLaMA (`TINY_LLAMA`: 128-d, 4 heads) as a Hugging
 Face folder; stage 0 (`train_configs/tiny_stage0.yaml`) teaches it the language.
@@ -144,8 +146,6 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
     findings (`pretrain_tiny_encoder`), and on where each is drawn when the split has
     `slots.json`; without, its weights stay random.
     """
-    from xraygpt.data.transforms import MedCLIPImageEval
-    from xraygpt.evaluation.generate import blank_image
     from xraygpt.models.medclip_encoder import MedCLIPVisionEncoder, load_swin_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -155,23 +155,56 @@ def write_tiny_encoder(out: Path, seed: int = 0, train_split: Path | None = None
     if train_split is not None:
         images, labels = load_labelled_images(train_split, encoder.preprocessing)
         cells = load_slot_cells(train_split) if (train_split / "slots.json").is_file() else None
-        # A blank (black) image shows nothing: teach the stand-in that it carries no finding.
-        process = MedCLIPImageEval(preprocessing=encoder.preprocessing)
-        blank = blank_image(process, process.image_size).unsqueeze(0)
-        n_blank = max(1, len(images) // 20)
-        images = torch.cat([images, blank.expand(n_blank, -1, -1, -1)])
-        labels = torch.cat([labels, torch.zeros(n_blank, labels.shape[1])])
-        if cells is not None:
-            cells = torch.cat([cells, torch.zeros(n_blank, cells.shape[1], dtype=cells.dtype)])
-        accuracy = pretrain_tiny_encoder(encoder, images, labels, steps=steps, seed=seed, cells=cells)
-        logger.info("tiny MedCLIP stand-in: per-finding train accuracy %.3f", accuracy)
+        _pretrain_with_blanks(encoder, images, labels, cells, steps, seed)
+    _save_medclip_format(encoder, out)
+    return out
+
+
+def continue_tiny_encoder(source: Path, out: Path, examples, steps: int, seed: int = 0) -> Path:
+    """Pretrain the MedCLIP-format encoder in `source` further and save it in `out`, same layout.
+
+    `examples` is a function `ImagePreprocessing -> (images, labels, cells)` (module docstring;
+    `cells` as `load_slot_cells` gives them); training is `pretrain_tiny_encoder`'s for `steps`
+    steps from `source`'s weights, with the blank images `write_tiny_encoder` adds.
+    """
+    from xraygpt.models.medclip_encoder import load_medclip_vision_encoder, read_state_dict, resolve_checkpoint_file
+
+    width = read_state_dict(resolve_checkpoint_file(source))["vision_model.projection_head.weight"].shape[0]
+    encoder = load_medclip_vision_encoder(str(source), str(source / "swin_config.json"), "patch", width)
+    images, labels, cells = examples(encoder.preprocessing)
+    _pretrain_with_blanks(encoder, images, labels, cells, steps, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "swin_config.json").write_text((source / "swin_config.json").read_text())
+    _save_medclip_format(encoder, out)
+    return out
+
+
+def _pretrain_with_blanks(encoder, images: torch.Tensor, labels: torch.Tensor, cells: torch.Tensor | None,
+                          steps: int, seed: int) -> None:
+    """`pretrain_tiny_encoder` on the examples plus a twentieth as many blank (black) images, which
+    show nothing: the stand-in learns that a blank image carries no finding."""
+    from xraygpt.data.transforms import MedCLIPImageEval
+    from xraygpt.evaluation.generate import blank_image
+
+    process = MedCLIPImageEval(preprocessing=encoder.preprocessing)
+    blank = blank_image(process, process.image_size).unsqueeze(0)
+    n_blank = max(1, len(images) // 20)
+    images = torch.cat([images, blank.expand(n_blank, -1, -1, -1)])
+    labels = torch.cat([labels, torch.zeros(n_blank, labels.shape[1])])
+    if cells is not None:
+        cells = torch.cat([cells, torch.zeros(n_blank, cells.shape[1], dtype=cells.dtype)])
+    accuracy = pretrain_tiny_encoder(encoder, images, labels, steps=steps, seed=seed, cells=cells)
+    logger.info("tiny MedCLIP stand-in: per-finding train accuracy %.3f", accuracy)
+
+
+def _save_medclip_format(encoder, out: Path) -> None:
+    """`out/pytorch_model.bin` as MedCLIP releases it: the vision weights (4.x names) and the text
+    tower and temperature it ships beside them (random here; ignored on load)."""
     state = encoder.medclip_state_dict(names="v4")
-    # The text tower and temperature MedCLIP ships beside the vision weights (ignored on load).
     state["text_model.projection_head.weight"] = torch.randn(64, 32)
     state["text_model.model.embeddings.word_embeddings.weight"] = torch.randn(16, 32)
     state["logit_scale"] = torch.tensor(3.0)
     torch.save(state, out / "pytorch_model.bin")
-    return out
 
 
 def train_tokenizer(texts: list[str], folder: Path, vocab_size: int = 512) -> None:

@@ -1,14 +1,21 @@
 """The study proof on the embedded default: lateral-only findings and changes against the prior are read.
 
 A sibling of the summary pipeline (`pipeline.py`) and of the VQA proof (`vqa_proof.py`), sharing with
-them only the prepared folder's pretrained tiny encoder (`python -m xraygpt.embedded prepare`):
+them only the prepared folder's pretrained tiny encoder (`python -m xraygpt.embedded prepare`), which
+it pretrains further on both views:
 
 `prepare_study(out, prepared, seed)` writes under `out`:
 
     mimic/, openi/            each source's study world (`study_world.generate_studies`, generator seeds
                               `seed + 15` and `seed + 16`): studies.jsonl (current studies first, then
                               their priors), images, study_labels.json, study_slots.json
-    pool/                     more subjects of the same world (seed + 17), used only as stage 0's text
+    pool/                     more subjects of the same world (seed + 17), used only as stage 0's text and
+                              to pretrain the study encoder
+    medclip_tiny/             the study encoder: the prepared tiny encoder's pretraining continued
+                              (`assets.continue_tiny_encoder`, ENCODER_STEPS) on the pool's current frontal,
+                              lateral and prior frontal images (`encoder_examples`), so its tokens tell the
+                              lateral findings as they tell the frontal ones; the prepared encoder never saw a
+                              lateral view
     stage0_train.jsonl        stage 0's conversations: the study instruction with each image's slot words
                               in its image slot (`Frontal (PA): <Img>o o effusion ...</Img> Lateral: <Img>...
                               </Img> Prior frontal (PA): <Img>...</Img> question`) -> the study's text; a study
@@ -57,7 +64,7 @@ from xraygpt.embedded.lateral import LATERAL_FINDINGS
 
 logger = logging.getLogger(__name__)
 
-STUDY_VERSION = 5  # bump when what prepare_study writes changes
+STUDY_VERSION = 6  # bump when what prepare_study writes changes
 COMPLETE_MARKER = "COMPLETE.json"
 SOURCE_SEED_OFFSETS = {"mimic": 15, "openi": 16, "pool": 17}
 PROMPT_PATH = "prompts/study_compare_{target}.txt"
@@ -65,7 +72,6 @@ STAGE0_READING_FILE = "stage0_reading.json"  # `study-stage0-check`'s output, re
 MODES = ("image", "frontal_only", "no_prior", "shuffled_prior")
 # The bars (README, "Studies on the embedded default"): lateral-only macro F1 with both views >= LATERAL_BAR
 # and >= LATERAL_GAP above the frontal view only; change accuracy with the prior >= CHANGE_BAR, and without
-# it and with a shuffled prior at chance (at most CHANCE + CHANCE_MARGIN).
 # it and with a shuffled prior at chance (at most CHANCE + CHANCE_MARGIN; without it, also at least
 # CHANCE - CHANCE_MARGIN: a model that errs below chance without the prior does not guess, it invents).
 LATERAL_BAR, LATERAL_GAP, CHANGE_BAR, CHANCE_MARGIN = 0.85, 0.4, 0.85, 0.1
@@ -86,6 +92,7 @@ DEFINITIONS = {
                "macro_f1 their mean",
 }
 SLOT_TEXT_REPEATS = (0, 1, 2, 4, 8)
+ENCODER_STEPS = 1500  # the prepared encoder's pretraining continued on the pool's frontal and lateral views
 
 
 def stage0_conversations(split_dir: Path, questions: list[str], seed: int, lateral: bool = True,
@@ -113,19 +120,54 @@ def stage0_conversations(split_dir: Path, questions: list[str], seed: int, later
     return conversations
 
 
+def encoder_examples(split_dir: Path, preprocessing) -> tuple:
+    """A study-world split's images as the tiny encoder's pretraining takes them
+    (`assets.continue_tiny_encoder`): every current frontal, lateral and prior frontal, with its findings
+    ((N, len(FINDINGS)) 0/1) and slot cells ((N, grid**2) long: 0 for the filler, 1 + the FINDINGS index of
+    the finding whose slot word the cell holds).  A lateral finding counts as the frontal finding of its slot
+    word (`lateral.LATERAL_SLOT_WORDS`: the retrocardiac nodule as the nodule, the recess effusion as the
+    effusion), as stage 0 writes it."""
+    import torch
+    from PIL import Image
+
+    from xraygpt.data.transforms import MedCLIPImageEval
+    from xraygpt.embedded.lateral import LATERAL_SLOT_WORDS
+    from xraygpt.embedded.slots import FILLER, SLOT_WORDS
+
+    index = {FILLER: 0} | {word: 1 + FINDINGS.index(f) for f, word in SLOT_WORDS.items()}
+    as_frontal = {f: FINDINGS[index[word] - 1] for f, word in LATERAL_SLOT_WORDS.items()}
+    labels = json.loads((split_dir / study_world.LABELS_FILE).read_text())
+    slots = json.loads((split_dir / study_world.SLOTS_FILE).read_text())
+    process = MedCLIPImageEval(preprocessing=preprocessing)
+    images, targets, cells = [], [], []
+    for study, label in labels.items():
+        shown = {"frontal": (f"{study}_frontal", label["current"]),
+                 "lateral": (f"{study}_lateral", [as_frontal[f] for f in label["lateral"]]),
+                 "prior": (f"{study}_prior_frontal", label["prior"])}
+        for role, (image_id, findings) in shown.items():
+            with Image.open(split_dir / "image" / f"{image_id}.png") as img:
+                images.append(process(img))
+            targets.append([float(f in findings) for f in FINDINGS])
+            cells.append([index[w] for w in slots[study][role].split(" ")])
+    return torch.stack(images), torch.tensor(targets), torch.tensor(cells)
+
+
 def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 1000, num_pool: int = 3000,
                   num_test: int = 100, force: bool = False,
-                  no_prior_fraction: float = study_world.NO_PRIOR_FRACTION) -> Path:
-    """Write the study worlds, stage 0's conversations and the tiny LLM under `out` (module docstring).
-    `prepared` is a folder written by `python -m xraygpt.embedded prepare` (its encoder is used)."""
+                  no_prior_fraction: float = study_world.NO_PRIOR_FRACTION,
+                  encoder_steps: int = ENCODER_STEPS) -> Path:
+    """Write the study worlds, stage 0's conversations, the study encoder and the tiny LLM under `out`
+    (module docstring).  `prepared` is a folder written by `python -m xraygpt.embedded prepare`: its
+    encoder's pretraining is continued for `encoder_steps` steps on the pool's views (`encoder_examples`)."""
     from xraygpt.constants import DEFAULT_END_SYM, DEFAULT_PROMPT_TEMPLATE
     from xraygpt.data.study_prompts import load_questions
-    from xraygpt.embedded.assets import write_tiny_llm
+    from xraygpt.embedded.assets import continue_tiny_encoder, write_tiny_llm
     from xraygpt.embedded.vqa_proof import check_slot_tokens
 
     marker = out / COMPLETE_MARKER
     settings = {"version": STUDY_VERSION, "seed": seed, "prepared": str(prepared.resolve()), "num_train": num_train,
-                "num_pool": num_pool, "num_test": num_test, "no_prior_fraction": no_prior_fraction}
+                "num_pool": num_pool, "num_test": num_test, "no_prior_fraction": no_prior_fraction,
+                "encoder_steps": encoder_steps}
     if marker.is_file() and not force and json.loads(marker.read_text()) == settings:
         logger.info("study proof already prepared in %s", out)
         return out
@@ -137,6 +179,9 @@ def prepare_study(out: Path, prepared: Path, seed: int = 0, num_train: int = 100
     for source, (train, val, test) in sizes.items():
         study_world.generate_studies(out / source, train, val, test, seed + SOURCE_SEED_OFFSETS[source],
                                      no_prior_fraction=no_prior_fraction)
+    continue_tiny_encoder(prepared / "medclip_tiny", out / "medclip_tiny",
+                          lambda preprocessing: encoder_examples(out / "pool" / "train", preprocessing),
+                          encoder_steps, seed)
     questions = load_questions(PROMPT_PATH, "summary")
     conversations = [c for source in ("mimic", "pool")
                      for c in stage0_conversations(out / source / "train", questions, seed)]
@@ -372,6 +417,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-test", type=int, default=100, help="held-out subjects per source")
     p.add_argument("--no-prior-fraction", type=float, default=study_world.NO_PRIOR_FRACTION,
                    help="training subjects recorded without their prior (comparison-free text)")
+    p.add_argument("--encoder-steps", type=int, default=ENCODER_STEPS,
+                   help="steps of the prepared encoder's further pretraining on the pool's frontal and lateral views")
     p.add_argument("--force", action="store_true")
     e = sub.add_parser("study-evaluate", help="lateral-only F1 and change accuracy: both views, frontal only, "
                                               "no prior, shuffled prior")
@@ -396,7 +443,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Run one of COMMANDS; returns the exit status (0)."""
     if args.command == "study-prepare":
         prepare_study(args.out, args.prepared, args.seed, args.num_train, args.num_pool, args.num_test, args.force,
-                      args.no_prior_fraction)
+                      args.no_prior_fraction, args.encoder_steps)
     elif args.command == "study-evaluate":
         evaluate_study(args.run, args.split, args.out, seed=args.seed, max_new_tokens=args.max_new_tokens)
     elif args.command == "study-stage0-check":
