@@ -69,12 +69,18 @@ def load_labelled_images(split_dir: Path, preprocessing: ImagePreprocessing) -> 
     return torch.stack(images), torch.tensor(targets)
 
 
-def load_slot_cells(split_dir: Path) -> torch.Tensor:
-    """(N, grid**2) long: per image (labels.json order) and token cell, 0 for the slot filler and
-    1 + FINDINGS index for the finding drawn there (`slots.json`, `xraygpt.embedded.slots`)."""
+def slot_classes() -> dict[str, int]:
+    """Slot word -> token-cell class of the encoder's pretraining: 0 for the filler, 1 + the FINDINGS
+    index of the finding whose slot word it is (`xraygpt.embedded.slots`)."""
     from xraygpt.embedded.slots import FILLER, SLOT_WORDS
 
-    index = {FILLER: 0} | {word: 1 + FINDINGS.index(f) for f, word in SLOT_WORDS.items()}
+    return {FILLER: 0} | {word: 1 + FINDINGS.index(f) for f, word in SLOT_WORDS.items()}
+
+
+def load_slot_cells(split_dir: Path) -> torch.Tensor:
+    """(N, grid**2) long: per image (labels.json order) and token cell, its `slot_classes` class
+    (slots.json, `xraygpt.embedded.slots`)."""
+    index = slot_classes()
     labels = json.loads((split_dir / "labels.json").read_text())
     slots = json.loads((split_dir / "slots.json").read_text())
     return torch.tensor([[index[w] for w in slots[k].split(" ")] for k in labels])
@@ -167,10 +173,14 @@ def continue_tiny_encoder(source: Path, out: Path, examples, steps: int, seed: i
     `cells` as `load_slot_cells` gives them); training is `pretrain_tiny_encoder`'s for `steps`
     steps from `source`'s weights, with the blank images `write_tiny_encoder` adds.
     """
-    from xraygpt.models.medclip_encoder import load_medclip_vision_encoder, read_state_dict, resolve_checkpoint_file
+    from xraygpt.models.medclip_encoder import (MedCLIPVisionEncoder, load_swin_config, read_state_dict,
+                                                resolve_checkpoint_file)
 
-    width = read_state_dict(resolve_checkpoint_file(source))["vision_model.projection_head.weight"].shape[0]
-    encoder = load_medclip_vision_encoder(str(source), str(source / "swin_config.json"), "patch", width)
+    file = resolve_checkpoint_file(source)
+    state = read_state_dict(file)  # read once: the projection head's width, then the weights
+    width = state["vision_model.projection_head.weight"].shape[0]
+    encoder = MedCLIPVisionEncoder(load_swin_config(source / "swin_config.json"), width)
+    encoder.load_medclip_state(state, str(file))
     images, labels, cells = examples(encoder.preprocessing)
     _pretrain_with_blanks(encoder, images, labels, cells, steps, seed)
     out.mkdir(parents=True, exist_ok=True)

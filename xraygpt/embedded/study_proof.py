@@ -131,10 +131,10 @@ def encoder_examples(split_dir: Path, preprocessing) -> tuple:
     from PIL import Image
 
     from xraygpt.data.transforms import MedCLIPImageEval
+    from xraygpt.embedded.assets import slot_classes
     from xraygpt.embedded.lateral import LATERAL_SLOT_WORDS
-    from xraygpt.embedded.slots import FILLER, SLOT_WORDS
 
-    index = {FILLER: 0} | {word: 1 + FINDINGS.index(f) for f, word in SLOT_WORDS.items()}
+    index = slot_classes()
     as_frontal = {f: FINDINGS[index[word] - 1] for f, word in LATERAL_SLOT_WORDS.items()}
     labels = json.loads((split_dir / study_world.LABELS_FILE).read_text())
     slots = json.loads((split_dir / study_world.SLOTS_FILE).read_text())
